@@ -1,0 +1,35 @@
+"""The embedded SmolLM2-135M-Instruct answers questions and scores itself, then scores given answers."""
+
+from semgrad_guard import SemGradScorer
+
+QA_PROMPT = "Please directly answer the following question with one or few words:\n{}"  # the paper's prompt
+
+scorer = SemGradScorer()  # the embedded default; any Hugging Face causal LM id, folder or .gguf works too
+
+print("1. Self-scoring: the model answers, then scores its own tokens (one forward + one backward).")
+for question in [
+    "What is the capital of France?",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water at sea level in Celsius?",
+]:
+    generated = scorer.generate_and_score(QA_PROMPT.format(question), max_new_tokens=24)
+    s = generated.score
+    print(f"  {question:<60} -> {generated.text!r:<40} semgrad={s.semgrad:.2e} hybridgrad={s.hybridgrad:.2e}")
+
+print("\n2. Proxy scoring: answers from anywhere (another model, a person), scored by the local model.")
+pairs = [
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of France?", "Marseille"),
+    ("Which gas do plants take in for photosynthesis?", "Carbon dioxide"),
+    ("Which gas do plants take in for photosynthesis?", "Helium"),
+]
+for (question, answer), s in zip(
+    pairs, scorer.score_batch([(QA_PROMPT.format(q), a) for q, a in pairs]), strict=True
+):
+    print(f"  {question:<60} {answer!r:<18} semgrad={s.semgrad:.2e} entropy={s.mean_entropy:.2f}")
+
+print(
+    "\nHigher = more likely wrong. Raw values are model-specific. A 135M model knows little, and on it "
+    "SemGrad carries little signal beyond token entropy: the paper's gains are on 4B-12B models "
+    "(see docs/method.md)."
+)

@@ -1,0 +1,49 @@
+"""Cheap estimators over one pass's statistics; higher always means more uncertain.
+
+Each is a few lines of arithmetic on :class:`~semgrad_guard.statistics.PassStatistics`, so adding a
+baseline never costs another pass through the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+from semgrad_guard.statistics import PassStatistics
+
+__all__ = ["hybridgrad", "ln_nll", "max_token_nll", "mean_entropy", "nll", "param_grad", "semgrad"]
+
+
+def semgrad(stats: PassStatistics) -> float:
+    """SemGrad: mean |d loss / d h_l| at the profile position, over the scored layers."""
+    return float(stats.hidden_grad.mean())
+
+
+def param_grad(stats: PassStatistics) -> float:
+    """Mean |d loss / d W_out| through the output projection only."""
+    return stats.output_grad
+
+
+def mean_entropy(stats: PassStatistics) -> float:
+    """Mean next-token entropy over the answer steps, in nats (the paper's H-bar)."""
+    return float(stats.token_entropy.mean())
+
+
+def hybridgrad(stats: PassStatistics) -> float:
+    """HybridGrad: a * param_grad + (1 - a) * SemGrad with a = exp(-mean entropy)."""
+    weight = math.exp(-mean_entropy(stats))
+    return weight * param_grad(stats) + (1.0 - weight) * semgrad(stats)
+
+
+def nll(stats: PassStatistics) -> float:
+    """Sum of the answer tokens' negative log-likelihoods (predictive entropy, PE)."""
+    return float(stats.token_nll.sum())
+
+
+def ln_nll(stats: PassStatistics) -> float:
+    """Length-normalised NLL: the mean over answer tokens (LN-PE)."""
+    return float(stats.token_nll.mean())
+
+
+def max_token_nll(stats: PassStatistics) -> float:
+    """The largest single-token NLL in the answer."""
+    return float(stats.token_nll.max())

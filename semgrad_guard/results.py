@@ -1,0 +1,89 @@
+"""What scoring returns: :class:`Score`, and :class:`ScoredGeneration` for self-generated answers."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from semgrad_guard import estimators
+from semgrad_guard.profiles import ModelProfile
+from semgrad_guard.statistics import EncodedPair, PassStatistics
+
+__all__ = ["Score", "ScoredGeneration"]
+
+
+class Score(BaseModel):
+    """Uncertainty scores of one (prompt, answer) pair; higher = more likely wrong. JSON-serialisable.
+
+    A pair that could not be scored (when the caller asked for ``errors="mark"``) has ``valid=False``, an
+    ``invalid_reason`` and no numbers.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(description="Name of the scoring model.")
+    valid: bool = True
+    invalid_reason: str | None = Field(default=None, description="'<code>: <message>' when not valid.")
+    semgrad: float | None = Field(
+        default=None, description="Mean |dL/dh| at the profile position and layers."
+    )
+    hybridgrad: float | None = Field(
+        default=None, description="exp(-H) * param_grad + (1 - exp(-H)) * semgrad."
+    )
+    param_grad: float | None = Field(default=None, description="Mean |dL/dW_out|, output path only.")
+    mean_entropy: float | None = Field(
+        default=None, description="Mean next-token entropy of the answer, nats."
+    )
+    nll: float | None = Field(default=None, description="Sum of answer-token NLLs (PE).")
+    ln_nll: float | None = Field(default=None, description="Mean answer-token NLL (LN-PE).")
+    max_token_nll: float | None = Field(default=None, description="Largest answer-token NLL.")
+    n_answer_tokens: int | None = Field(
+        default=None, description="Answer tokens scored, end-of-turn included."
+    )
+    n_prompt_tokens: int | None = Field(default=None, description="Prompt tokens after the chat template.")
+    position: int | None = Field(default=None, description="Absolute prompt position of the gradient.")
+    profile: ModelProfile | None = Field(default=None, description="Offset and layers used.")
+    seconds: float = Field(
+        default=0.0, description="Wall time of the pass that produced it (shared by a batch)."
+    )
+
+    @classmethod
+    def from_statistics(
+        cls, stats: PassStatistics, pair: EncodedPair, *, model: str, profile: ModelProfile, seconds: float
+    ) -> Score:
+        """Build a Score from one pass's statistics."""
+        return cls(
+            model=model,
+            semgrad=estimators.semgrad(stats),
+            hybridgrad=estimators.hybridgrad(stats),
+            param_grad=estimators.param_grad(stats),
+            mean_entropy=estimators.mean_entropy(stats),
+            nll=estimators.nll(stats),
+            ln_nll=estimators.ln_nll(stats),
+            max_token_nll=estimators.max_token_nll(stats),
+            n_answer_tokens=len(pair.answer_ids),
+            n_prompt_tokens=len(pair.prompt_ids),
+            position=pair.position,
+            profile=profile,
+            seconds=seconds,
+        )
+
+    @classmethod
+    def invalid(cls, reason: str, *, model: str, seconds: float = 0.0) -> Score:
+        """A Score that records why the pair could not be scored."""
+        return cls(model=model, valid=False, invalid_reason=reason, seconds=seconds)
+
+    def is_finite(self) -> bool:
+        """Whether every numeric score is a finite number."""
+        values = (self.semgrad, self.hybridgrad, self.param_grad, self.mean_entropy, self.nll)
+        return all(v is not None and math.isfinite(v) for v in values)
+
+
+class ScoredGeneration(BaseModel):
+    """An answer the scorer generated itself, with the Score of its own token ids."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    score: Score

@@ -1,0 +1,77 @@
+"""The `semgrad-guard score` command: one pair from flags, JSONL in and out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from semgrad_guard.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: Any, tokenizer: Any) -> Path:
+    """A tiny random Llama saved as a local Hugging Face folder (safetensors)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_score_one_pair(tiny_dir: Path, capsys: Any) -> None:
+    assert main(["score", "--model", str(tiny_dir), "--prompt", "What is 2+2?", "--answer", "4"]) == 0
+    score = json.loads(capsys.readouterr().out)
+    assert score["valid"] and score["semgrad"] > 0 and score["model"] == str(tiny_dir)
+
+
+def test_bad_pair_exits_2_with_message(tiny_dir: Path, capsys: Any) -> None:
+    assert main(["score", "--model", str(tiny_dir), "--prompt", "Why?", "--answer", " "]) == 2
+    assert "EmptyAnswerError" in capsys.readouterr().err
+
+
+def test_score_jsonl_keeps_every_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [
+        {"id": "a", "prompt": "What is 2+2?", "answer": "4"},
+        {"id": "b", "prompt": [{"role": "user", "content": "Capital of Italy?"}], "answer": "Rome"},
+        {"id": "c", "prompt": "Why?", "answer": ""},
+        {"id": "d", "prompt": "long " * 200, "answer": "no"},
+    ]
+    source.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n", encoding="utf-8")
+    sink = tmp_path / "out.jsonl"
+    assert main(["score", "--model", str(tiny_dir), "--input", str(source), "--output", str(sink)]) == 0
+    rows = [json.loads(line) for line in sink.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d", 5]
+    assert [r["valid"] for r in rows] == [True, True, False, False, False]
+    assert rows[2]["invalid_reason"].startswith("empty_answer")
+    assert rows[3]["invalid_reason"].startswith("too_long")
+    assert rows[4]["invalid_reason"].startswith("invalid_record")
+    assert "3 pair(s) could not be scored" in capsys.readouterr().err
+
+
+def test_needs_a_pair_or_a_file() -> None:
+    with pytest.raises(SystemExit):
+        main(["score", "--prompt", "only a prompt"])
+
+
+@pytest.mark.slow
+def test_embedded_default_from_the_command_line(capsys: Any) -> None:
+    assert (
+        main(["score", "--device", "cpu", "--prompt", "What is the capital of France?", "--answer", "Paris"])
+        == 0
+    )
+    score = json.loads(capsys.readouterr().out)
+    assert score["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and score["profile"]["name"] == "smollm2"
