@@ -13,26 +13,33 @@ from semgrad_guard.errors import (
     InvalidInputError,
     ModelLoadError,
     NonFiniteScoreError,
+    NoThresholdError,
     ProfileMismatchError,
     SemGradError,
 )
 from semgrad_guard.profiles import ModelProfile
-from semgrad_guard.results import Score, ScoredGeneration
-from semgrad_guard.scorer import ScorerConfig, SemGradScorer
+from semgrad_guard.results import RawField, Score, ScoredGeneration
+from semgrad_guard.scorer import ErrorMode, ScorerConfig, SemGradScorer
+from semgrad_guard.shared import default_scorer, set_default_scorer
 
 __all__ = [
     "ChatTemplateError",
     "EmptyAnswerError",
+    "ErrorMode",
     "InputTooLongError",
     "InvalidInputError",
     "ModelLoadError",
     "ModelProfile",
+    "NoThresholdError",
     "NonFiniteScoreError",
     "ProfileMismatchError",
+    "RawField",
     "Score",
     "ScoredGeneration",
     "ScorerConfig",
     "SemGradError",
     "SemGradScorer",
     "__version__",
+    "default_scorer",
+    "set_default_scorer",
 ]

@@ -4,6 +4,7 @@
 
     SemGradError
     ├── ModelLoadError            the model or tokenizer could not be loaded
+    ├── NoThresholdError          (also a ValueError) a trust decision without threshold or calibration
     ├── InvalidInputError         (also a ValueError) this (prompt, answer) pair cannot be scored
     │   ├── EmptyAnswerError          the answer is empty or only whitespace
     │   ├── InputTooLongError         prompt + answer exceed the model's context or the configured limit
@@ -22,6 +23,7 @@ __all__ = [
     "InputTooLongError",
     "InvalidInputError",
     "ModelLoadError",
+    "NoThresholdError",
     "NonFiniteScoreError",
     "ProfileMismatchError",
     "SemGradError",
@@ -38,6 +40,12 @@ class ModelLoadError(SemGradError):
     """The model or its tokenizer could not be loaded."""
 
     code = "model_load"
+
+
+class NoThresholdError(SemGradError, ValueError):
+    """A trust decision was asked for, but there is neither a raw threshold nor a calibration."""
+
+    code = "no_threshold"
 
 
 class InvalidInputError(SemGradError, ValueError):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from semgrad_guard import estimators
+from semgrad_guard.errors import InvalidInputError, NoThresholdError
 from semgrad_guard.profiles import ModelProfile
 from semgrad_guard.statistics import EncodedPair, PassStatistics
 
-__all__ = ["Score", "ScoredGeneration"]
+__all__ = ["RawField", "Score", "ScoredGeneration"]
+
+RawField = Literal["semgrad", "hybridgrad", "param_grad", "mean_entropy", "nll", "ln_nll", "max_token_nll"]
+"""The raw scores a threshold can be set on; higher is more uncertain for each."""
 
 
 class Score(BaseModel):
@@ -47,6 +52,9 @@ class Score(BaseModel):
     seconds: float = Field(
         default=0.0, description="Wall time of the pass that produced it (shared by a batch)."
     )
+    risk: float | None = Field(default=None, description="Calibrated probability the answer is wrong.")
+    confidence: float | None = Field(default=None, description="1 - risk.")
+    low_confidence: bool | None = Field(default=None, description="risk above the calibration's threshold.")
 
     @classmethod
     def from_statistics(
@@ -73,6 +81,26 @@ class Score(BaseModel):
     def invalid(cls, reason: str, *, model: str, seconds: float = 0.0) -> Score:
         """A Score that records why the pair could not be scored."""
         return cls(model=model, valid=False, invalid_reason=reason, seconds=seconds)
+
+    def untrusted(self, threshold: float | None = None, field: RawField = "semgrad") -> bool:
+        """Whether the answer should not be trusted.
+
+        With ``threshold``: the raw ``field`` is above it. Without: the calibration's ``low_confidence``;
+        a score without calibration then raises :class:`NoThresholdError`, since raw values mean nothing
+        on their own. An invalid score raises :class:`InvalidInputError` (callers apply their own policy).
+        """
+        if not self.valid:
+            raise InvalidInputError(f"this pair was not scored: {self.invalid_reason}")
+        if threshold is not None:
+            value = getattr(self, field)
+            assert value is not None
+            return bool(value > threshold)
+        if self.low_confidence is None:
+            raise NoThresholdError(
+                "no calibration is loaded, so there is no threshold: pass a raw threshold on a Score field "
+                "(e.g. untrusted(threshold=3e-4, field='semgrad')) or load a calibration"
+            )
+        return self.low_confidence
 
     def is_finite(self) -> bool:
         """Whether every numeric score is a finite number."""
