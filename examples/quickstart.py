@@ -4,7 +4,9 @@ from semgrad_guard import SemGradScorer
 
 QA_PROMPT = "Please directly answer the following question with one or few words:\n{}"  # the paper's prompt
 
-scorer = SemGradScorer()  # the embedded default; any Hugging Face causal LM id, folder or .gguf works too
+# The embedded default model with its shipped calibration (docs/calibration.md); any Hugging Face causal LM
+# id, folder or .gguf works too (then fit a calibration of its own with `semgrad-guard calibrate`).
+scorer = SemGradScorer(calibration="default")
 
 print("1. Self-scoring: the model answers, then scores its own tokens (one forward + one backward).")
 for question in [
@@ -14,7 +16,7 @@ for question in [
 ]:
     generated = scorer.generate_and_score(QA_PROMPT.format(question), max_new_tokens=24)
     s = generated.score
-    print(f"  {question:<60} -> {generated.text!r:<40} semgrad={s.semgrad:.2e} hybridgrad={s.hybridgrad:.2e}")
+    print(f"  {question:<60} -> {generated.text!r:<40} semgrad={s.semgrad:.2e} risk={s.risk:.3f}")
 
 print("\n2. Proxy scoring: answers from anywhere (another model, a person), scored by the local model.")
 pairs = [
@@ -26,7 +28,8 @@ pairs = [
 for (question, answer), s in zip(
     pairs, scorer.score_batch([(QA_PROMPT.format(q), a) for q, a in pairs]), strict=True
 ):
-    print(f"  {question:<60} {answer!r:<18} semgrad={s.semgrad:.2e} entropy={s.mean_entropy:.2f}")
+    flag = "LOW CONFIDENCE" if s.low_confidence else "accepted"
+    print(f"  {question:<60} {answer!r:<18} semgrad={s.semgrad:.2e} risk={s.risk:.3f} {flag}")
 
 print(
     "\nHigher = more likely wrong. Raw values are model-specific. A 135M model knows little, and on it "

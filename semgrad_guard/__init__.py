@@ -6,6 +6,7 @@ wrong.
 """
 
 from semgrad_guard._version import __version__
+from semgrad_guard.calibration import CalibrationBundle
 from semgrad_guard.errors import (
     ChatTemplateError,
     EmptyAnswerError,
@@ -18,11 +19,13 @@ from semgrad_guard.errors import (
     SemGradError,
 )
 from semgrad_guard.profiles import ModelProfile
+from semgrad_guard.prompts import Prompt
 from semgrad_guard.results import RawField, Score, ScoredGeneration
 from semgrad_guard.scorer import ErrorMode, ScorerConfig, SemGradScorer
 from semgrad_guard.shared import default_scorer, set_default_scorer
 
 __all__ = [
+    "CalibrationBundle",
     "ChatTemplateError",
     "EmptyAnswerError",
     "ErrorMode",
@@ -33,6 +36,7 @@ __all__ = [
     "NoThresholdError",
     "NonFiniteScoreError",
     "ProfileMismatchError",
+    "Prompt",
     "RawField",
     "Score",
     "ScoredGeneration",

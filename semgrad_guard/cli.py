@@ -10,10 +10,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
+from semgrad_guard.bench import METHODS, BenchConfig, run_bench
+from semgrad_guard.datasets import load_qa
 from semgrad_guard.errors import SemGradError
+from semgrad_guard.fitting import fit_calibration
+from semgrad_guard.judges import JUDGES
+from semgrad_guard.labels import read_labelled
+from semgrad_guard.loading import load_model, resolve_device, resolve_dtype
 from semgrad_guard.prompts import Prompt
+from semgrad_guard.report import markdown_table, write_calibration_report
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
+from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps_table
 
 __all__ = ["main"]
 
@@ -41,7 +49,130 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--batch-size", type=int, default=8, help="pairs per pass (default: 8)")
     model.add_argument("--max-length", type=int, help="refuse pairs longer than this many tokens")
     model.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    bench = commands.add_parser(
+        "bench",
+        help="error-detection benchmark: greedy answers, judged labels, every method, metrics and cost",
+    )
+    bench.add_argument("--data", required=True, help="sciq, truthfulqa (dev splits) or a JSONL path")
+    bench.add_argument(
+        "--out", type=Path, required=True, help="folder for results (and the generation cache)"
+    )
+    bench.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    bench.add_argument("--limit", type=int, help="first N questions only")
+    bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    bench.add_argument("--samples", type=int, default=10, help="K samples for sampling baselines (0 = none)")
+    bench.add_argument("--max-new-tokens", type=int, default=32)
+    bench.add_argument("--judge", default="auto", choices=["auto", *JUDGES], help="labels for the main table")
+    bench.add_argument("--seed", type=int, default=0)
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a calibration bundle (risk map + threshold) from labelled scores"
+    )
+    calibrate.add_argument(
+        "--labels", type=Path, nargs="+", required=True, help="bench output folders and/or JSONL files"
+    )
+    calibrate.add_argument("--judge", choices=JUDGES, help="label column of bench folders (default: primary)")
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument("--target-error", type=float, default=0.1, help="max error among accepted answers")
+    target.add_argument("--target-coverage", type=float, help="min fraction of answers accepted instead")
+    calibrate.add_argument("--delta", type=float, default=0.05, help="allowed failure probability (0.05)")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--out", type=Path, required=True, help="bundle JSON to write")
+    calibrate.add_argument("--report", type=Path, help="folder for the calibration plot")
+    profile = commands.add_parser(
+        "profile",
+        help="choose where SemGrad takes its gradient for a model, with the Semantic Preservation Score",
+        description="Run questions and their paraphrases through the model (forward passes only), score "
+        "each candidate prompt position and layer band by SPS, and save the chosen profile with its table.",
+    )
+    profile.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    profile.add_argument(
+        "--data", help="sciq, truthfulqa or a JSONL path with paraphrases (default: the shipped set)"
+    )
+    profile.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    profile.add_argument("--limit", type=int, help="first N questions only")
+    profile.add_argument("--offsets", type=int, nargs="+", help="candidate offsets (default: template tail)")
+    profile.add_argument("--band-width", type=int, help="layers per candidate band (default: half)")
+    profile.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    profile.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    profile.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
+    profile.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     return parser
+
+
+def _profile(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    try:
+        loaded = load_model(
+            args.model,
+            device=device,
+            dtype=resolve_dtype(args.dtype, device),
+            trust_remote_code=args.trust_remote_code,
+        )
+        items = (load_qa(args.data) if args.data else load_default_items())[: args.limit]
+        result = compute_sps(
+            loaded.model,
+            loaded.tokenizer,
+            items,
+            name=loaded.name,
+            data=args.data or DEFAULT_DATA,
+            offsets=args.offsets,
+            band_width=args.band_width,
+            batch_size=args.batch_size,
+            progress=True,
+        )
+    except (SemGradError, ValueError, OSError) as exc:
+        print(f"semgrad-guard: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.save(args.out)
+    print(sps_table(result))
+    print(result.profile.model_dump_json(indent=2))
+    for warning in result.warnings:
+        print(f"semgrad-guard: warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.out} in {result.seconds:.0f} s")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    labelled = read_labelled(args.labels, args.judge)
+    bundle = fit_calibration(
+        labelled.rows,
+        labelled.wrong,
+        model=labelled.model,
+        labels=labelled.labels,
+        data=labelled.data,
+        profile_name=labelled.profile_name,
+        target_error=None if args.target_coverage else args.target_error,
+        delta=args.delta,
+        target_coverage=args.target_coverage,
+        seed=args.seed,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    bundle.save(args.out)
+    if args.report:
+        write_calibration_report(args.report, bundle, labelled.rows, labelled.wrong, args.seed)
+    print(bundle.model_dump_json(indent=2, exclude={"map"}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config = BenchConfig(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        limit=args.limit,
+        methods=tuple(args.methods),
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        judge=args.judge,
+        seed=args.seed,
+    )
+    results = run_bench(config)
+    print(markdown_table(results))
+    print(
+        f"wrote {args.out}/results.json, rows.csv, results.md and plots in {results['seconds_total']:.0f} s"
+    )
+    return 0
 
 
 def _records(stream: TextIO) -> Iterator[tuple[Any, Prompt | None, str | None, str | None]]:
@@ -73,6 +204,12 @@ def _score_file(scorer: SemGradScorer, source: TextIO, sink: TextIO) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a pair or file that could not be scored)."""
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
+    if args.command == "profile":
+        return _profile(args)
     if (args.input is None) == (args.prompt is None or args.answer is None):
         _parser().error("give either --prompt and --answer, or --input")
     scorer = SemGradScorer(

@@ -10,7 +10,7 @@ import math
 
 from semgrad_guard.statistics import PassStatistics
 
-__all__ = ["hybridgrad", "ln_nll", "max_token_nll", "mean_entropy", "nll", "param_grad", "semgrad"]
+__all__ = ["exgrad", "hybridgrad", "ln_nll", "max_token_nll", "mean_entropy", "nll", "param_grad", "semgrad"]
 
 
 def semgrad(stats: PassStatistics) -> float:
@@ -21,6 +21,11 @@ def semgrad(stats: PassStatistics) -> float:
 def param_grad(stats: PassStatistics) -> float:
     """Mean |d loss / d W_out| through the output projection only."""
     return stats.output_grad
+
+
+def exgrad(stats: PassStatistics) -> float:
+    """ExGrad baseline: mean |d CE / d W_out| under plain mean cross-entropy, output path only."""
+    return stats.output_grad_ce
 
 
 def mean_entropy(stats: PassStatistics) -> float:

@@ -8,6 +8,7 @@ template that moves the position into the question is caught instead of silently
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -67,8 +68,9 @@ class ModelProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ModelProfile:
-        """Read a profile written by :meth:`save`."""
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        """Read a profile written by :meth:`save`, or the one inside a saved SPS result (``profile`` key)."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.model_validate(data.get("profile", data))
 
 
 def _model_type(config: Any) -> str:

@@ -14,7 +14,9 @@ from semgrad_guard.statistics import EncodedPair, PassStatistics
 
 __all__ = ["RawField", "Score", "ScoredGeneration"]
 
-RawField = Literal["semgrad", "hybridgrad", "param_grad", "mean_entropy", "nll", "ln_nll", "max_token_nll"]
+RawField = Literal[
+    "semgrad", "hybridgrad", "param_grad", "exgrad", "mean_entropy", "nll", "ln_nll", "max_token_nll"
+]
 """The raw scores a threshold can be set on; higher is more uncertain for each."""
 
 
@@ -37,6 +39,7 @@ class Score(BaseModel):
         default=None, description="exp(-H) * param_grad + (1 - exp(-H)) * semgrad."
     )
     param_grad: float | None = Field(default=None, description="Mean |dL/dW_out|, output path only.")
+    exgrad: float | None = Field(default=None, description="Mean |dCE/dW_out| under plain cross-entropy.")
     mean_entropy: float | None = Field(
         default=None, description="Mean next-token entropy of the answer, nats."
     )
@@ -66,6 +69,7 @@ class Score(BaseModel):
             semgrad=estimators.semgrad(stats),
             hybridgrad=estimators.hybridgrad(stats),
             param_grad=estimators.param_grad(stats),
+            exgrad=estimators.exgrad(stats),
             mean_entropy=estimators.mean_entropy(stats),
             nll=estimators.nll(stats),
             ln_nll=estimators.ln_nll(stats),

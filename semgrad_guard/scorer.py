@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from semgrad_guard.calibration import CalibrationBundle, load_calibration
 from semgrad_guard.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -25,6 +26,7 @@ from semgrad_guard.loading import LoadedModel, load_model, resolve_device, resol
 from semgrad_guard.profiles import ModelProfile, resolve_profile
 from semgrad_guard.prompts import ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
+from semgrad_guard.sps import auto_profile
 from semgrad_guard.statistics import EncodedPair, gradient_statistics
 
 __all__ = ["ErrorMode", "ScorerConfig", "SemGradScorer"]
@@ -53,13 +55,16 @@ class SemGradScorer:
             file path; or an already-loaded ``(model, tokenizer)`` pair whose weights are shared, not copied.
         device: ``"auto"`` or a torch device (ignored for a loaded pair, which stays where it is).
         dtype: ``"auto"`` (float32 on CPU, bfloat16/float16 on GPU) or an explicit dtype name.
-        profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON, or
-            ``None`` for the built-in profile of the model's family (template rule otherwise).
+        profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON,
+            ``None`` for the built-in profile of the model's family (template rule otherwise), or
+            ``"auto"`` to compute it with SPS (:mod:`semgrad_guard.sps`) once and cache it per model.
         batch_size: pairs per pass in :meth:`score_batch`.
         max_length: refuse pairs longer than this many tokens (default: the model's context length).
         trust_remote_code: let transformers run code shipped with the model (off by default).
         load_kwargs: extra keyword arguments for ``from_pretrained`` (revision, attn_implementation, ...).
         name: the model name reported in scores (default: derived from ``model``).
+        calibration: a :class:`CalibrationBundle`, a path to one, or ``"default"`` (the shipped bundle of
+            the embedded model); fills ``risk``, ``confidence`` and ``low_confidence`` of every Score.
 
     The model loads on first use (or on :meth:`load`). One lock serialises passes through the model, so a
     scorer can be shared by threads; :meth:`ascore` runs in a worker thread and never blocks the event loop.
@@ -77,12 +82,13 @@ class SemGradScorer:
         *,
         device: str = "auto",
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-        profile: ModelProfile | str | Path | None = None,
+        profile: ModelProfile | Literal["auto"] | str | Path | None = None,
         batch_size: int = 8,
         max_length: int | None = None,
         trust_remote_code: bool = False,
         load_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
+        calibration: CalibrationBundle | str | Path | None = None,
     ) -> None:
         """Record the configuration; nothing is loaded until first use."""
         self.config = ScorerConfig(
@@ -95,11 +101,19 @@ class SemGradScorer:
         self._spec = model
         self._load_kwargs = dict(load_kwargs or {})
         self._name = name
-        self._requested_profile = ModelProfile.load(profile) if isinstance(profile, (str, Path)) else profile
+        self._requested_profile: ModelProfile | Literal["auto"] | None = (
+            "auto"
+            if profile == "auto"
+            else ModelProfile.load(profile)
+            if isinstance(profile, (str, Path))
+            else profile
+        )
         self._lock = threading.RLock()
         self._loaded: LoadedModel | None = None
         self._format: ChatFormat | None = None
         self._profile: ModelProfile | None = None
+        self._calibration_source = calibration
+        self._calibration: CalibrationBundle | None = None
 
     # ----------------------------------------------------------------------------------------- loading
     def load(self) -> SemGradScorer:
@@ -108,10 +122,14 @@ class SemGradScorer:
             if self._loaded is None:
                 self._loaded = self._load()
                 self._format = ChatFormat(self._loaded.tokenizer)
-                profile = self._requested_profile or resolve_profile(
-                    self._loaded.model, self._loaded.tokenizer, self._loaded.name
-                )
+                model, tokenizer, name = self._loaded.model, self._loaded.tokenizer, self._loaded.name
+                if self._requested_profile == "auto":
+                    profile = auto_profile(model, tokenizer, name)
+                else:
+                    profile = self._requested_profile or resolve_profile(model, tokenizer, name)
                 self._profile = profile.resolved(self._num_layers(self._loaded.model))
+                if self._calibration_source is not None:
+                    self._calibration = load_calibration(self._calibration_source, self._loaded.name)
         return self
 
     def _load(self) -> LoadedModel:
@@ -153,6 +171,12 @@ class SemGradScorer:
     def profile(self) -> ModelProfile:
         """The profile in use, with its layers written out."""
         return self._ready()[2]
+
+    @property
+    def calibration(self) -> CalibrationBundle | None:
+        """The calibration applied to every Score, if any."""
+        self._ready()
+        return self._calibration
 
     @property
     def context_length(self) -> int:
@@ -223,16 +247,7 @@ class SemGradScorer:
         """
         loaded, chat, profile = self._ready()
         prompt_ids = chat.encode_prompt(prompt)
-        self._check_length(len(prompt_ids) + max_new_tokens)
-        model = loaded.model
-        device = model.get_input_embeddings().weight.device
-        settings: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens, **generation_kwargs}
-        if loaded.tokenizer.pad_token_id is None:
-            settings.setdefault("pad_token_id", chat.end_of_turn_id)
-        with self._lock, self._eval_mode(model), torch.no_grad():
-            ids = torch.tensor([prompt_ids], device=device)
-            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
-        answer_ids = [int(t) for t in output[0, len(prompt_ids) :]]
+        answer_ids = self._generate_ids(prompt_ids, 1, max_new_tokens, generation_kwargs)[0]
         text = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
         try:
             if not answer_ids:
@@ -245,7 +260,40 @@ class SemGradScorer:
             score = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
         return ScoredGeneration(text=text, score=score)
 
+    def generate(
+        self, prompt: Prompt, *, n: int = 1, max_new_tokens: int = 64, **generation_kwargs: Any
+    ) -> list[str]:
+        """Generate ``n`` answers with the scoring model (greedy unless ``do_sample=True`` is passed)."""
+        loaded, chat, _ = self._ready()
+        ids = self._generate_ids(chat.encode_prompt(prompt), n, max_new_tokens, generation_kwargs)
+        return [loaded.tokenizer.decode(answer, skip_special_tokens=True) for answer in ids]
+
     # ---------------------------------------------------------------------------------------- internals
+    def _generate_ids(
+        self, prompt_ids: list[int], n: int, max_new_tokens: int, generation_kwargs: Mapping[str, Any]
+    ) -> list[list[int]]:
+        """Answer token ids of ``n`` generations, each cut after its first end-of-turn or eos token."""
+        loaded, chat, _ = self._ready()
+        self._check_length(len(prompt_ids) + max_new_tokens)
+        model = loaded.model
+        settings: dict[str, Any] = {
+            "do_sample": False,
+            "max_new_tokens": max_new_tokens,
+            "num_return_sequences": n,
+            **generation_kwargs,
+        }
+        if loaded.tokenizer.pad_token_id is None:
+            settings.setdefault("pad_token_id", chat.end_of_turn_id)
+        with self._lock, self._eval_mode(model), torch.no_grad():
+            ids = torch.tensor([prompt_ids], device=model.get_input_embeddings().weight.device)
+            output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
+        stops = {chat.end_of_turn_id, loaded.tokenizer.eos_token_id}
+        answers = []
+        for row in output[:, len(prompt_ids) :].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+            answers.append([int(t) for t in row[:end]])
+        return answers
+
     def _encode(self, prompt: Prompt, answer: str) -> EncodedPair:
         _, chat, profile = self._ready()
         answer_ids = chat.encode_answer(answer)
@@ -282,6 +330,8 @@ class SemGradScorer:
         scores = []
         for pair, stat in zip(pairs, stats, strict=True):
             score = Score.from_statistics(stat, pair, model=loaded.name, profile=profile, seconds=seconds)
+            if score.is_finite() and self._calibration is not None:
+                score = self._calibration.apply(score)
             if not score.is_finite():
                 error = NonFiniteScoreError("the pass produced NaN or infinite values")
                 if errors == "raise":

@@ -15,12 +15,13 @@ _default: SemGradScorer | None = None
 def default_scorer() -> SemGradScorer:
     """The shared scorer, created on first use (the embedded model unless :func:`set_default_scorer` ran).
 
-    Creating it does not load the model; the first score does.
+    It carries the embedded model's shipped calibration, so guards work without a raw threshold. Creating it
+    does not load the model; the first score does.
     """
     global _default
     with _lock:
         if _default is None:
-            _default = SemGradScorer()
+            _default = SemGradScorer(calibration="default")
         return _default
 
 

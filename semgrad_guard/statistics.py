@@ -45,6 +45,7 @@ class PassStatistics:
     token_entropy: torch.Tensor  # (R,) entropy of the next-token distribution at each answer step, nats
     hidden_grad: torch.Tensor  # (n_layers,) mean |d loss / d h_l[p]| for each scored layer
     output_grad: float  # mean |d loss / d W_out| through the output projection only
+    output_grad_ce: float  # the same under plain mean cross-entropy (the ExGrad baseline)
 
 
 def decoder_layers(model: Any, num_layers: int) -> torch.nn.ModuleList:
@@ -137,29 +138,35 @@ def _gradient_statistics(
         model.get_output_embeddings(), {layer: stack[layer - 1] for layer in layers if layer > 0}, store
     ):
         out = model(inputs_embeds=inputs, attention_mask=mask, use_cache=False, logits_to_keep=keep)
-    losses, nlls, entropies = [], [], []
+    losses, ce_losses, nlls, entropies = [], [], [], []
     for row, (pair, step) in enumerate(zip(pairs, steps, strict=True)):
         log_probs = torch.log_softmax(out.logits[row, row_of[step]].float(), dim=-1)
         targets = torch.tensor(pair.answer_ids, device=device)
         token_log_prob = log_probs.gather(1, targets[:, None]).squeeze(1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
         losses.append(-(entropy * token_log_prob).sum() / len(pair.answer_ids))
+        ce_losses.append(-token_log_prob.mean())
         nlls.append(-token_log_prob.detach())
         entropies.append(entropy)
     hidden_states = [store[layer][0] if isinstance(store[layer], tuple) else store[layer] for layer in layers]
     head_input, head_output = store["head"]
+    # The cross-entropy gradient at the logits only walks the short softmax graph; keep it for the main call.
+    (ce_dlogits,) = torch.autograd.grad(torch.stack(ce_losses).sum(), [head_output], retain_graph=True)
     grads = torch.autograd.grad(torch.stack(losses).sum(), [*hidden_states, head_output])
 
     results = []
     for row, (pair, step) in enumerate(zip(pairs, steps, strict=True)):
         hidden_grad = torch.stack([g[row, pair.position].abs().float().mean() for g in grads[:-1]])
-        output_grad = _output_grad_mean(grads[-1][row, row_of[step]], head_input[row, row_of[step]])
+        answer_hidden = head_input[row, row_of[step]]
+        output_grad = _output_grad_mean(grads[-1][row, row_of[step]], answer_hidden)
+        output_grad_ce = _output_grad_mean(ce_dlogits[row, row_of[step]], answer_hidden)
         results.append(
             PassStatistics(
                 token_nll=nlls[row].double().cpu(),
                 token_entropy=entropies[row].double().cpu(),
                 hidden_grad=hidden_grad.double().cpu(),
                 output_grad=output_grad,
+                output_grad_ce=output_grad_ce,
             )
         )
     return results

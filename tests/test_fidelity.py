@@ -37,6 +37,7 @@ def reference(scorer: SemGradScorer, prompt: str, answer: str) -> dict[str, floa
     entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
     loss = -(entropy * token_log_probs).sum() / len(y)
     weight = model.get_output_embeddings().weight
+    (ce_grad,) = torch.autograd.grad(-token_log_probs.mean(), weight, retain_graph=True)
     layers = list(profile.layers)
     grads = torch.autograd.grad(loss, [out.hidden_states[layer] for layer in layers] + [weight])
     position = len(x) + profile.offset
@@ -46,6 +47,7 @@ def reference(scorer: SemGradScorer, prompt: str, answer: str) -> dict[str, floa
     return {
         "semgrad": semgrad,
         "param_grad": param_grad,
+        "exgrad": ce_grad.abs().mean().item(),
         "hybridgrad": alpha * param_grad + (1 - alpha) * semgrad,
         "mean_entropy": entropy.mean().item(),
         "nll": -token_log_probs.sum().item(),

@@ -8,6 +8,7 @@ from pathlib import Path
 import semgrad_guard
 
 EXPECTED_ALL = [
+    "CalibrationBundle",
     "ChatTemplateError",
     "EmptyAnswerError",
     "InputTooLongError",
@@ -18,6 +19,7 @@ EXPECTED_ALL = [
     "NoThresholdError",
     "NonFiniteScoreError",
     "ProfileMismatchError",
+    "Prompt",
     "RawField",
     "Score",
     "ScoredGeneration",

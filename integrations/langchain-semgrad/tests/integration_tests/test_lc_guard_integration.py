@@ -1,0 +1,140 @@
+"""SemGradGuard on real chains: the embedded SmolLM2 answers (ChatHuggingFace) and scores itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import RunnableLambda
+from langchain_semgrad import GuardResult, LowConfidenceError, ReviewQueue, SemGradGuard
+
+from semgrad_guard import SemGradScorer
+
+pytestmark = pytest.mark.slow
+
+ALWAYS, NEVER = 0.0, 1.0  # raw semgrad thresholds that flag every answer / no answer (routing tests)
+QUESTION = "When was the Eiffel Tower completed?"
+
+
+def result_of(message: Any) -> GuardResult:
+    return GuardResult.model_validate(message.response_metadata["semgrad"])
+
+
+def test_message_in_message_out_with_the_real_score(chat, scorer) -> None:
+    messages = [
+        SystemMessage("Answer in one short sentence."),
+        HumanMessage("What is the capital of France?"),
+    ]
+    out = SemGradGuard(chat, threshold=ALWAYS).invoke(messages)  # no scorer=: the shared default
+    assert isinstance(out, AIMessage) and out.text.strip()
+    result = result_of(out)
+    assert (result.route, result.flagged, result.low_confidence) == ("annotate", True, True)
+    prompt = [{"role": "system", "content": messages[0].text}, {"role": "user", "content": messages[1].text}]
+    direct = scorer.score(prompt, out.text)
+    assert result.score is not None and result.score.semgrad == pytest.approx(direct.semgrad, rel=1e-4)
+
+
+def test_str_in_str_out(chat) -> None:
+    out = SemGradGuard(chat | StrOutputParser(), threshold=NEVER).invoke("Name a primary color.")
+    assert isinstance(out, str) and out.strip()
+
+
+def test_retrieve_only_when_unsure(chat, vector_store) -> None:
+    asked: list[str] = []
+    spy = RunnableLambda(lambda q: asked.append(q) or q)
+    retriever = spy | vector_store.as_retriever(search_kwargs={"k": 2})
+    confident = SemGradGuard(chat, policy="retrieve", retriever=retriever, threshold=NEVER).invoke(QUESTION)
+    assert result_of(confident).route == "pass" and asked == []
+    out = SemGradGuard(chat, policy="retrieve", retriever=retriever, threshold=ALWAYS).invoke(QUESTION)
+    result = result_of(out)
+    assert asked == [QUESTION] and (result.route, result.documents) == ("retrieve", 2)
+    assert result.score is not None and result.final_score is not None
+    assert result.final_score.n_prompt_tokens > result.score.n_prompt_tokens  # scored with its context
+
+
+@pytest.mark.asyncio
+async def test_fallback_async(chat, short_chat) -> None:
+    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, threshold=ALWAYS)
+    out = await guard.ainvoke("Name a large animal.")
+    result = result_of(out)
+    assert isinstance(out, AIMessage) and result.route == "fallback"
+    assert (
+        result.final_score is not None
+        and result.final_score.n_answer_tokens <= 7 < result.score.n_answer_tokens
+    )
+
+
+@pytest.mark.asyncio
+async def test_human_review_async_survives_restart(chat, tmp_path) -> None:
+    path = tmp_path / "review.sqlite3"
+    guard = SemGradGuard(chat, policy="human", review_queue=ReviewQueue(path), threshold=ALWAYS)
+    out = await guard.ainvoke("Who wrote Hamlet?")
+    assert isinstance(out, AIMessage) and out.text == guard.holding_answer
+    (item,) = ReviewQueue(path).items()  # a new queue object on the same file: a restart
+    assert (
+        item.id == result_of(out).review_id and item.prompt == "Who wrote Hamlet?" and item.score is not None
+    )
+    ReviewQueue(path).resolve(item.id, "William Shakespeare")
+    assert ReviewQueue(path).items() == []
+
+
+def test_raise_then_with_fallbacks(chat) -> None:
+    guard = SemGradGuard(chat, policy="raise", threshold=ALWAYS)
+    with pytest.raises(LowConfidenceError) as caught:
+        guard.invoke("Name a planet.")
+    assert isinstance(caught.value.answer, AIMessage) and caught.value.result.score is not None
+    safe = guard.with_fallbacks([RunnableLambda(lambda _: AIMessage("I am not sure."))])
+    assert safe.invoke("Name a planet.").text == "I am not sure."
+
+
+@pytest.mark.asyncio
+async def test_batch_and_abatch_with_concurrency_match_direct_scores(chat, scorer) -> None:
+    questions = ["What is 2 + 2?", "Name a fruit.", "What color is the sky?"]
+    guard = SemGradGuard(chat, threshold=NEVER)
+    sync = guard.batch(questions, {"max_concurrency": 3})
+    async_ = await guard.abatch(questions, {"max_concurrency": 3})
+    assert [m.text for m in sync] == [m.text for m in async_]
+    for question, message in zip(questions, async_, strict=True):
+        score = result_of(message).score
+        assert score is not None
+        assert score.semgrad == pytest.approx(scorer.score(question, message.text).semgrad, rel=1e-4)
+
+
+def test_stream_buffers_scores_then_streams_the_fallback(chat, short_chat) -> None:
+    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, threshold=ALWAYS)
+    chunks = list(guard.stream("Name a country in Europe."))
+    assert len(chunks) > 2 and all(isinstance(chunk, AIMessageChunk) for chunk in chunks)
+    whole = chunks[0]
+    for chunk in chunks[1:]:
+        whole += chunk
+    result = result_of(whole)
+    assert result.route == "fallback" and result.score is not None and result.final_score is not None
+    assert whole.text == short_chat.invoke("Name a country in Europe.").text
+
+
+@pytest.mark.asyncio
+async def test_astream_annotate(chat) -> None:
+    chunks = [c async for c in SemGradGuard(chat, threshold=ALWAYS).astream("Name a month.")]
+    assert len(chunks) == 1 and result_of(chunks[0]).route == "annotate"
+
+
+@pytest.mark.parametrize(("mode", "route"), [("fail_open", "pass"), ("fail_closed", "fallback")])
+def test_scorer_failure_policies(chat, scorer, mode, route, caplog) -> None:
+    tiny = SemGradScorer((scorer.model, scorer.tokenizer), max_length=8)  # every pair is too long: it raises
+    fallback = RunnableLambda(lambda _: AIMessage("fallback answer"))
+    guard = SemGradGuard(
+        chat, policy="fallback", fallback=fallback, scorer=tiny, threshold=NEVER, on_scorer_error=mode
+    )
+    out = guard.invoke("Name a bird.")
+    result = result_of(out)
+    assert (result.route, result.flagged, result.score) == (route, True, None)
+    assert "InputTooLongError" in (result.scorer_error or "") and mode in caplog.text + result.scorer_error
+    assert (out.text == "fallback answer") == (mode == "fail_closed")
+
+
+def test_scorer_timeout_fails_open(chat) -> None:
+    out = SemGradGuard(chat, threshold=NEVER, scorer_timeout=1e-4).invoke("Name a tree.")
+    result = result_of(out)
+    assert result.route == "pass" and result.flagged and "TimeoutError" in (result.scorer_error or "")

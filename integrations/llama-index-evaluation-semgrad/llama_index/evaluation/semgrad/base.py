@@ -1,0 +1,153 @@
+"""`SemGradEvaluator`: a LlamaIndex evaluator that scores an answer with SemGrad, without an LLM judge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.response.schema import Response
+from llama_index.core.evaluation.base import BaseEvaluator, EvaluationResult
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.evaluation.semgrad._prompts import (
+    PromptInput,
+    qa_prompt,
+    response_contexts,
+    to_scorer_prompt,
+)
+from llama_index.evaluation.semgrad._verdict import describe, headline, trusted
+
+from semgrad_guard import RawField, SemGradScorer, default_scorer
+
+__all__ = ["SemGradEvaluator"]
+
+
+class SemGradEvaluator(BaseEvaluator):
+    """Scores how far an answer can be trusted with SemGrad: one forward and one backward pass, no judge.
+
+    The scored prompt is the one the answering LLM saw when that is known: an explicit ``prompt=`` passed
+    to ``evaluate``; else the query and the retrieved ``contexts`` laid out by the synthesizer's QA template;
+    else the query alone. SemGrad measures the model's uncertainty about the answer *given what it read*,
+    so scoring a RAG answer without its context asks whether the model knew it closed-book instead.
+
+    Args:
+        scorer: the scorer to use; ``None`` = the process-wide :func:`semgrad_guard.default_scorer`, shared
+            with the LangChain adapters (one model in memory). Resolved at each call.
+        threshold: raw threshold on ``score_field``: ``passing`` is ``field <= threshold``. Without it,
+            ``passing`` follows the scorer's calibration, and is ``None`` when there is none.
+        score_field: the raw Score field the threshold applies to (and the reported ``score`` when there is
+            no calibration).
+        qa_template: the QA template the answering engine used; default LlamaIndex's text-QA selector.
+        llm: the answering LLM, only to pick the template variant (chat or completion) as the synthesizer
+            does; it is never called.
+        use_contexts: put the contexts into the scored prompt (``False`` scores the query alone).
+
+    ``EvaluationResult.score`` is the calibrated confidence (0-1, higher = more trustworthy) when the Score
+    has one, else the raw ``score_field`` value, where higher means *less* trustworthy. A pair that cannot be
+    scored (empty answer, too long for the model, a template that rejects the messages) comes back with
+    ``invalid_result=True`` and the scorer's ``invalid_reason``; missing query or response raise ValueError.
+    """
+
+    def __init__(
+        self,
+        scorer: SemGradScorer | None = None,
+        threshold: float | None = None,
+        score_field: RawField = "semgrad",
+        qa_template: BasePromptTemplate | None = None,
+        llm: Any = None,
+        use_contexts: bool = True,
+    ) -> None:
+        """Record the settings; nothing is loaded until the first evaluation."""
+        self._scorer = scorer
+        self._threshold = threshold
+        self._score_field: RawField = score_field
+        self._qa_template = qa_template
+        self._llm = llm
+        self._use_contexts = use_contexts
+
+    @property
+    def scorer(self) -> SemGradScorer:
+        """The scorer in use (the shared default when none was given)."""
+        return self._scorer if self._scorer is not None else default_scorer()
+
+    def _get_prompts(self) -> PromptDictType:
+        """No prompts: SemGrad does not ask an LLM anything."""
+        return {}
+
+    def _update_prompts(self, prompts: PromptDictType) -> None:
+        """No prompts to update."""
+
+    def scored_prompt(
+        self,
+        query: str | None,
+        contexts: Sequence[str] | None = None,
+        prompt: PromptInput | None = None,
+    ) -> tuple[str | list[dict[str, str]], str]:
+        """The prompt that would be scored for these inputs, and a short note on where it came from."""
+        if prompt is not None:
+            return to_scorer_prompt(prompt), "given prompt"
+        if query is None:
+            raise ValueError("Must specify query (or the exact prompt) and response")
+        if contexts and self._use_contexts:
+            messages = qa_prompt(query, contexts, self._qa_template, self._llm)
+            return messages, f"query + {len(contexts)} contexts (QA template)"
+        return query, "query only"
+
+    async def aevaluate(
+        self,
+        query: str | None = None,
+        response: str | None = None,
+        contexts: Sequence[str] | None = None,
+        prompt: PromptInput | None = None,
+        **kwargs: Any,
+    ) -> EvaluationResult:
+        """Score ``response`` to the prompt the answering LLM saw; the pass runs in a worker thread.
+
+        Args:
+            query: the user's question.
+            response: the answer to evaluate.
+            contexts: retrieved texts the answer was generated from.
+            prompt: the exact prompt (string or chat messages) the answering LLM saw; overrides the others.
+            **kwargs: ignored.
+        """
+        del kwargs  # Unused
+        if response is None:
+            raise ValueError("Must specify query (or the exact prompt) and response")
+        scored, source = self.scored_prompt(query, contexts, prompt)
+        score = await self.scorer.ascore(scored, response, errors="mark")
+        return EvaluationResult(
+            query=query,
+            contexts=contexts,
+            response=response,
+            score=headline(score, self._score_field),
+            passing=trusted(score, self._threshold, self._score_field),
+            feedback=describe(score, self._score_field, self._threshold, source),
+            invalid_result=not score.valid,
+            invalid_reason=score.invalid_reason,
+        )
+
+    def evaluate_response(
+        self,
+        query: str | None = None,
+        response: Response | None = None,
+        **kwargs: Any,
+    ) -> EvaluationResult:
+        """Evaluate a query engine's Response; contexts include node metadata as the LLM saw it."""
+        response_str, contexts = _unpack(response)
+        return self.evaluate(query=query, response=response_str, contexts=contexts, **kwargs)
+
+    async def aevaluate_response(
+        self,
+        query: str | None = None,
+        response: Response | None = None,
+        **kwargs: Any,
+    ) -> EvaluationResult:
+        """Async :meth:`evaluate_response`."""
+        response_str, contexts = _unpack(response)
+        return await self.aevaluate(query=query, response=response_str, contexts=contexts, **kwargs)
+
+
+def _unpack(response: Response | None) -> tuple[str | None, list[str] | None]:
+    if response is None:
+        return None, None
+    return response.response, response_contexts(response)

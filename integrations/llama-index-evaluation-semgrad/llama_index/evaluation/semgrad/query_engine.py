@@ -1,0 +1,207 @@
+"""`SemGradQueryEngine`: scores each answer of a query engine and routes untrusted ones to a fallback."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.response.schema import RESPONSE_TYPE, Response
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMCompletionEndEvent
+from llama_index.core.prompts import BasePromptTemplate
+from llama_index.core.prompts.mixin import PromptMixinType
+from llama_index.core.schema import QueryBundle
+from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts, to_scorer_prompt
+from llama_index.evaluation.semgrad._verdict import trusted
+from llama_index_instrumentation import get_dispatcher
+
+from semgrad_guard import NoThresholdError, RawField, Score, SemGradScorer, default_scorer
+
+__all__ = ["SemGradQueryEngine"]
+
+logger = logging.getLogger(__name__)
+
+_Prompt = str | list[dict[str, str]]
+_calls: contextvars.ContextVar[list[tuple[_Prompt, str]] | None] = contextvars.ContextVar(
+    "semgrad_llm_calls", default=None
+)
+
+
+class _LLMCallRecorder(BaseEventHandler):
+    """Records (prompt, answer) of LLM calls made inside a ``SemGradQueryEngine`` query (its context only)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "SemGradLLMCallRecorder"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        """Append the call to the running query's list, if a query is recording in this context."""
+        calls = _calls.get()
+        if calls is None:
+            return
+        if isinstance(event, LLMChatEndEvent) and event.response is not None:
+            calls.append((to_scorer_prompt(event.messages), event.response.message.content or ""))
+        elif isinstance(event, LLMCompletionEndEvent):
+            calls.append((event.prompt, event.response.text))
+
+
+_recorder_lock = threading.Lock()
+_recorder: _LLMCallRecorder | None = None
+
+
+def _install_recorder() -> None:
+    global _recorder
+    with _recorder_lock:
+        if _recorder is None:
+            _recorder = _LLMCallRecorder()
+            get_dispatcher().add_event_handler(_recorder)
+
+
+@contextmanager
+def _recording() -> Iterator[list[tuple[_Prompt, str]]]:
+    calls: list[tuple[_Prompt, str]] = []
+    token = _calls.set(calls)
+    try:
+        yield calls
+    finally:
+        _calls.reset(token)
+
+
+class SemGradQueryEngine(BaseQueryEngine):
+    """Wraps a query engine: each Response gets its Score; untrusted answers can go to a fallback engine.
+
+    The scored prompt is the one the answering LLM actually saw: the wrapper records the LLM calls made
+    during the query (through instrumentation, per query context, so concurrent queries do not mix) and
+    scores the last call whose output is the answer. When none matches (no LLM call seen, post-processed
+    text) it rebuilds query + source nodes under the QA template. ``metadata`` gains ``"semgrad"`` (the
+    primary answer's :class:`semgrad_guard.Score`), ``"semgrad_route"`` (``"primary"`` or ``"fallback"``),
+    ``"semgrad_prompt"`` (``"recorded"``, ``"rebuilt"`` or ``"query only"``) and, after a fallback,
+    ``"semgrad_primary_answer"``. The inner engine's Response is copied, never changed. Streaming and
+    structured responses are returned unscored.
+
+    Args:
+        query_engine: the engine that answers.
+        scorer: ``None`` = the shared :func:`semgrad_guard.default_scorer`.
+        threshold: raw threshold on ``score_field`` (above = untrusted); ``None`` = the calibration decides.
+        score_field: the raw Score field the threshold applies to.
+        fallback_query_engine: queried instead when the answer is untrusted. With a fallback, a valid
+            score with neither threshold nor calibration raises :class:`semgrad_guard.NoThresholdError`.
+        fallback_on_invalid: also use the fallback when the answer cannot be scored (default: keep it).
+        qa_template: the engine's QA template, for rebuilt prompts (default LlamaIndex's text-QA selector).
+        llm: the answering LLM, only to choose the QA template variant for rebuilt prompts.
+        callback_manager: LlamaIndex callback manager.
+    """
+
+    def __init__(
+        self,
+        query_engine: BaseQueryEngine,
+        *,
+        scorer: SemGradScorer | None = None,
+        threshold: float | None = None,
+        score_field: RawField = "semgrad",
+        fallback_query_engine: BaseQueryEngine | None = None,
+        fallback_on_invalid: bool = False,
+        qa_template: BasePromptTemplate | None = None,
+        llm: Any = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        """Wrap ``query_engine``; nothing is loaded until the first query."""
+        super().__init__(callback_manager=callback_manager)
+        self._engine = query_engine
+        self._scorer = scorer
+        self._threshold = threshold
+        self._score_field: RawField = score_field
+        self._fallback = fallback_query_engine
+        self._fallback_on_invalid = fallback_on_invalid
+        self._qa_template = qa_template
+        self._llm = llm
+        _install_recorder()
+
+    @property
+    def scorer(self) -> SemGradScorer:
+        """The scorer in use (the shared default when none was given)."""
+        return self._scorer if self._scorer is not None else default_scorer()
+
+    def _get_prompt_modules(self) -> PromptMixinType:
+        modules: PromptMixinType = {"query_engine": self._engine}
+        if self._fallback is not None:
+            modules["fallback_query_engine"] = self._fallback
+        return modules
+
+    def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        with _recording() as calls:
+            response = self._engine.query(query_bundle)
+        if not isinstance(response, Response) or response.response is None:
+            return response
+        prompt, source = self._prompt(query_bundle, response, calls)
+        score = self.scorer.score(prompt, response.response, errors="mark")
+        if self._use_fallback(score):
+            assert self._fallback is not None
+            return self._annotate(self._fallback.query(query_bundle), score, source, primary=response)
+        return self._annotate(response, score, source)
+
+    async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        with _recording() as calls:
+            response = await self._engine.aquery(query_bundle)
+        if not isinstance(response, Response) or response.response is None:
+            return response
+        prompt, source = self._prompt(query_bundle, response, calls)
+        score = await self.scorer.ascore(prompt, response.response, errors="mark")
+        if self._use_fallback(score):
+            assert self._fallback is not None
+            fallback = await self._fallback.aquery(query_bundle)
+            return self._annotate(fallback, score, source, primary=response)
+        return self._annotate(response, score, source)
+
+    def _prompt(
+        self, query_bundle: QueryBundle, response: Response, calls: list[tuple[_Prompt, str]]
+    ) -> tuple[_Prompt, str]:
+        answer = (response.response or "").strip()
+        for prompt, output in reversed(calls):
+            if output.strip() == answer:
+                return prompt, "recorded"
+        contexts = response_contexts(response)
+        if contexts:
+            return qa_prompt(query_bundle.query_str, contexts, self._qa_template, self._llm), "rebuilt"
+        return query_bundle.query_str, "query only"
+
+    def _use_fallback(self, score: Score) -> bool:
+        if self._fallback is None:
+            return False
+        if not score.valid:
+            return self._fallback_on_invalid
+        verdict = trusted(score, self._threshold, self._score_field)
+        if verdict is None:
+            raise NoThresholdError(
+                "SemGradQueryEngine has a fallback but neither a threshold nor a calibration to decide with"
+            )
+        return not verdict
+
+    @staticmethod
+    def _annotate(
+        response: RESPONSE_TYPE, score: Score, source: str, primary: Response | None = None
+    ) -> RESPONSE_TYPE:
+        if not isinstance(response, Response):
+            logger.warning(
+                "the fallback returned a %s; it carries no SemGrad metadata", type(response).__name__
+            )
+            return response
+        metadata: dict[str, Any] = {
+            **(response.metadata or {}),
+            "semgrad": score,
+            "semgrad_route": "primary" if primary is None else "fallback",
+            "semgrad_prompt": source,
+        }
+        if primary is not None:
+            metadata["semgrad_primary_answer"] = primary.response
+        return Response(
+            response=response.response, source_nodes=list(response.source_nodes), metadata=metadata
+        )

@@ -1,0 +1,101 @@
+import asyncio
+from typing import Any
+
+import pytest
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.response.schema import Response
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.evaluation.semgrad import SemGradEvaluator, SemGradLocalLLM, SemGradQueryEngine
+
+from semgrad_guard import NoThresholdError, Score, SemGradScorer
+
+pytestmark = pytest.mark.slow
+
+
+class Fixed(CustomQueryEngine):
+    """Answers every query with ``answer`` (or echoes the query) and keeps what it returned."""
+
+    answer: str | None = None
+    returned: list[Any] = Field(default_factory=list)
+
+    def custom_query(self, query_str: str) -> Response:
+        text = self.answer if self.answer is not None else f"It is {query_str.split()[-1]}"
+        response = Response(response=text, metadata={"engine": text})
+        self.returned.append(response)
+        return response
+
+
+def test_wrapper_scores_the_prompt_the_llm_saw(
+    li_index: VectorStoreIndex, li_llm: SemGradLocalLLM, li_scorer: SemGradScorer
+) -> None:
+    engine = SemGradQueryEngine(
+        li_index.as_query_engine(llm=li_llm, similarity_top_k=1), scorer=li_scorer, threshold=1.0
+    )
+    query = "How many books can a member borrow?"
+    sync, async_ = engine.query(query), asyncio.run(engine.aquery(query))
+    for response in (sync, async_):
+        score = response.metadata["semgrad"]
+        assert isinstance(score, Score) and score.valid
+        assert response.metadata["semgrad_route"] == "primary"
+        assert response.metadata["semgrad_prompt"] == "recorded"  # also through aquery's tasks and threads
+    rebuilt = SemGradEvaluator(scorer=li_scorer, llm=li_llm).evaluate_response(query=query, response=sync)
+    assert sync.metadata["semgrad"].semgrad == pytest.approx(rebuilt.score, rel=1e-9)
+    assert async_.response == sync.response  # greedy: the same answer, so the same score
+    assert async_.metadata["semgrad"].semgrad == pytest.approx(rebuilt.score, rel=1e-9)
+
+
+def test_untrusted_answers_go_to_the_fallback(li_scorer: SemGradScorer) -> None:
+    primary = Fixed(answer="The library opens at noon.", returned=[])
+    fallback = Fixed(answer="Please ask a librarian.", returned=[])
+    guarded = SemGradQueryEngine(primary, scorer=li_scorer, threshold=0.0, fallback_query_engine=fallback)
+    response = guarded.query("When does the library open on Saturdays?")
+    assert response.response == "Please ask a librarian."
+    assert response.metadata["semgrad_route"] == "fallback"
+    assert response.metadata["semgrad_primary_answer"] == "The library opens at noon."
+    assert response.metadata["engine"] == "Please ask a librarian."
+    assert response.metadata["semgrad_prompt"] == "query only"
+    expected = li_scorer.score("When does the library open on Saturdays?", "The library opens at noon.")
+    assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-9)
+    assert primary.returned[0].metadata == {"engine": "The library opens at noon."}  # not mutated
+    assert fallback.returned[0].metadata == {"engine": "Please ask a librarian."}
+
+    trusting = SemGradQueryEngine(primary, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback)
+    kept = asyncio.run(trusting.aquery("When does the library open on Saturdays?"))
+    assert kept.response == "The library opens at noon." and kept.metadata["semgrad_route"] == "primary"
+    assert len(fallback.returned) == 1
+
+
+def test_no_threshold_with_a_fallback_raises(li_scorer: SemGradScorer) -> None:
+    guarded = SemGradQueryEngine(
+        Fixed(answer="Noon.", returned=[]), scorer=li_scorer, fallback_query_engine=Fixed()
+    )
+    with pytest.raises(NoThresholdError):
+        guarded.query("When does it open?")
+    unguarded = SemGradQueryEngine(Fixed(answer="Noon.", returned=[]), scorer=li_scorer)
+    assert unguarded.query("When does it open?").metadata["semgrad_route"] == "primary"
+
+
+def test_invalid_answers_follow_fallback_on_invalid(li_scorer: SemGradScorer) -> None:
+    empty, fallback = Fixed(answer="  ", returned=[]), Fixed(answer="Ask a librarian.", returned=[])
+    keep = SemGradQueryEngine(empty, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback)
+    kept = keep.query("When does it open?")
+    assert kept.metadata["semgrad_route"] == "primary"
+    assert kept.metadata["semgrad"].invalid_reason.startswith("empty_answer:")
+    route = SemGradQueryEngine(
+        empty, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback, fallback_on_invalid=True
+    )
+    assert route.query("When does it open?").response == "Ask a librarian."
+
+
+def test_concurrent_queries_keep_their_own_scores(li_scorer: SemGradScorer) -> None:
+    guarded = SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer)
+    queries = ["Which city is the capital of Japan", "Which city is the capital of France"]
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*(guarded.aquery(q) for q in queries)))
+
+    for query, response in zip(queries, asyncio.run(run()), strict=True):
+        assert response.response == f"It is {query.split()[-1]}"
+        expected = li_scorer.score(query, response.response)
+        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-9)

@@ -1,0 +1,236 @@
+"""Fitting calibration bundles from labelled scores (needs ``pip install 'semgrad-guard[bench]'``).
+
+The labelled rows are split three ways with a fixed seed: a fit split (choose and fit the map by 5-fold
+cross-validated log-loss), a calibration split (choose the threshold), and a test split (measure coverage,
+error, ECE and Brier on answers neither step saw).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+
+from semgrad_guard.bench import SINGLE_PASS
+from semgrad_guard.calibration import CalibrationBundle, IsotonicMap, LogisticMap, Threshold, features
+from semgrad_guard.metrics import auroc
+from semgrad_guard.results import RawField
+
+__all__ = [
+    "COMBINED_FIELDS",
+    "SINGLE_FIELDS",
+    "expected_calibration_error",
+    "fit_calibration",
+    "out_of_fold_risk",
+    "select_threshold",
+    "split_indices",
+]
+
+SINGLE_FIELDS: tuple[RawField, ...] = tuple(SINGLE_PASS.values())  # type: ignore[arg-type]
+"""The Score fields the benchmark writes per answer: each is a candidate on its own."""
+COMBINED_FIELDS: tuple[RawField, ...] = SINGLE_FIELDS
+"""Inputs of the combined model: every score of the pass. Answer length is left out on purpose: judges can
+make length predictive for the wrong reason (see docs/benchmarks.md)."""
+GRID = 50
+
+
+def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit (50%), calibration (25%) and test (25%) row indices, shuffled with ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    fit, cal, test = np.split(order, [n // 2, (3 * n) // 4])
+    return fit, cal, test
+
+
+def _sklearn() -> Any:
+    try:
+        import sklearn.isotonic
+        import sklearn.linear_model
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "fitting a calibration needs scikit-learn: pip install 'semgrad-guard[bench]'"
+        ) from exc
+    return sklearn
+
+
+def _fit_map(kind: str, fields: list[RawField], x: np.ndarray, y: np.ndarray) -> IsotonicMap | LogisticMap:
+    sklearn = _sklearn()
+    if kind == "isotonic":
+        model = sklearn.isotonic.IsotonicRegression(
+            y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip"
+        )
+        model.fit(x[:, 0], y)
+        return IsotonicMap(fields=fields, x=list(model.X_thresholds_), y=list(model.y_thresholds_))
+    mean, scale = x.mean(0), x.std(0) + 1e-12
+    if len(np.unique(y)) < 2:  # one class only: the best logistic model is the (clipped) base rate
+        rate = min(max(float(y.mean()), 1e-3), 1 - 1e-3)
+        intercept = math.log(rate / (1 - rate))
+        return LogisticMap(
+            fields=fields, mean=list(mean), scale=list(scale), coef=[0.0] * len(fields), intercept=intercept
+        )
+    model = sklearn.linear_model.LogisticRegression(C=1.0 if len(fields) > 1 else 1e4, max_iter=1000)
+    model.fit((x - mean) / scale, y)
+    return LogisticMap(
+        fields=fields,
+        mean=list(mean),
+        scale=list(scale),
+        coef=list(model.coef_[0]),
+        intercept=float(model.intercept_[0]),
+    )
+
+
+def _predict(mapping: IsotonicMap | LogisticMap, x: np.ndarray) -> np.ndarray:
+    return np.array([mapping.risk(row) for row in x])
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed error - predicted risk| over equal-width risk bins, weighted by bin size."""
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(y[index == b].mean() - p[index == b].mean()) * (index == b).mean()
+                     for b in range(bins) if (index == b).any()))  # fmt: skip
+
+
+def select_threshold(
+    risk: np.ndarray, wrong: np.ndarray, grid: np.ndarray, target_error: float, delta: float
+) -> float | None:
+    """Largest grid risk whose acceptance set has error <= target_error, at confidence 1 - delta.
+
+    Learn-then-test with fixed-sequence testing: each grid point is the null hypothesis "error among answers
+    with risk <= lambda exceeds target_error", tested with an exact binomial tail on the calibration split,
+    in increasing order of lambda (an order fixed before the labels are seen), stopping at the first that is
+    not rejected. With probability at least 1 - delta every lambda it passes meets the target.
+    """
+    from scipy.stats import binom
+
+    chosen = None
+    for lam in np.sort(grid):
+        accepted = risk <= lam
+        n, errors = int(accepted.sum()), int(wrong[accepted].sum())
+        if not n or binom.cdf(errors, n, target_error) > delta:
+            break
+        chosen = float(lam)
+    return chosen
+
+
+def out_of_fold_risk(
+    rows: list[dict[str, float]], wrong: list[int], *, seed: int = 0, folds: int = 5
+) -> np.ndarray:
+    """The combined model's risk for each row, from a model fitted on the other folds (honest AUROC)."""
+    fields = list(COMBINED_FIELDS)
+    x = np.array([features(row, fields) for row in rows])
+    y = np.asarray(wrong, dtype=float)
+    risk = np.zeros(len(rows))
+    for fold in np.array_split(np.random.default_rng(seed).permutation(len(rows)), folds):
+        train = np.setdiff1d(np.arange(len(rows)), fold)
+        risk[fold] = _predict(_fit_map("logistic", fields, x[train], y[train]), x[fold])
+    return risk
+
+
+def _coverage_threshold(risk: np.ndarray, coverage: float) -> float:
+    """Conformal quantile: accepting risk <= it keeps at least ``coverage`` of new answers on average."""
+    rank = min(math.ceil((len(risk) + 1) * coverage), len(risk))
+    return float(np.sort(risk)[rank - 1])
+
+
+def fit_calibration(
+    rows: list[dict[str, float]],
+    wrong: list[int],
+    *,
+    model: str,
+    labels: str,
+    data: list[str],
+    profile_name: str | None = None,
+    target_error: float | None = 0.1,
+    delta: float = 0.05,
+    target_coverage: float | None = None,
+    seed: int = 0,
+) -> CalibrationBundle:
+    """Choose, fit and threshold a calibration on labelled scores (``wrong[i] = 1``: row i is incorrect)."""
+    y_all = np.asarray(wrong, dtype=float)
+    fit, cal, test = split_indices(len(rows), seed)
+    folds = np.array_split(fit, 5)
+
+    candidates: dict[str, tuple[str, list[RawField]]] = {
+        f"{kind}:{field}": (kind, [field]) for field in SINGLE_FIELDS for kind in ("isotonic", "logistic")
+    }
+    candidates["logistic:combined"] = ("logistic", list(COMBINED_FIELDS))
+    x_of = {
+        name: np.array([features(rows[i], f) for i in range(len(rows))])
+        for name, (_, f) in candidates.items()
+    }
+    report: dict[str, dict[str, float]] = {}
+    for name, (kind, fields) in candidates.items():
+        x = x_of[name]
+        losses: list[float] = []
+        predicted = np.zeros(len(rows))
+        for fold in folds:
+            train = np.setdiff1d(fit, fold)
+            mapping = _fit_map(kind, fields, x[train], y_all[train])
+            if isinstance(mapping, LogisticMap) and len(fields) == 1 and mapping.coef[0] < 0:
+                losses = []  # decreasing in the raw score: not a calibration of an uncertainty score
+                break
+            predicted[fold] = _predict(mapping, x[fold])
+            losses.append(_log_loss(y_all[fold], predicted[fold]))
+        if losses:
+            report[name] = {
+                "cv_log_loss": float(np.mean(losses)),
+                "cv_auroc": auroc(y_all[fit], predicted[fit]),
+            }
+    method = min(report, key=lambda name: report[name]["cv_log_loss"])
+    kind, fields = candidates[method]
+    mapping = _fit_map(kind, fields, x_of[method][fit], y_all[fit])
+    risk = _predict(mapping, x_of[method])
+
+    if target_coverage is not None:
+        max_risk: float | None = _coverage_threshold(risk[cal], target_coverage)
+        rule: Literal["error-guarantee", "coverage"] = "coverage"
+    else:
+        assert target_error is not None
+        # The sequence starts where 10% of the fit split is accepted: smaller sets cannot pass the test.
+        grid = np.unique(np.quantile(risk[fit], np.linspace(0.1, 1, GRID)))
+        max_risk = select_threshold(risk[cal], y_all[cal], grid, target_error, delta)
+        rule = "error-guarantee"
+    threshold = None
+    if max_risk is not None:
+        accepted = risk[test] <= max_risk
+        threshold = Threshold(
+            max_risk=max_risk,
+            rule=rule,
+            target_error=target_error if rule == "error-guarantee" else None,
+            delta=delta if rule == "error-guarantee" else None,
+            target_coverage=target_coverage,
+            calibration_n=len(cal),
+            test_coverage=float(accepted.mean()),
+            test_error=float(y_all[test][accepted].mean()) if accepted.any() else None,
+            test_n=len(test),
+        )
+    raw = np.array([math.log(rows[i]["semgrad"] + 1e-12) for i in range(len(rows))])
+    low, high = raw[fit].min(), raw[fit].max()
+    before = np.clip((raw - low) / (high - low + 1e-12), 0, 1)
+    quality = {
+        "test_n": float(len(test)),
+        "test_error_rate": float(y_all[test].mean()),
+        "ece_before": expected_calibration_error(y_all[test], before[test]),
+        "brier_before": float(((before[test] - y_all[test]) ** 2).mean()),
+        "ece_after": expected_calibration_error(y_all[test], risk[test]),
+        "brier_after": float(((risk[test] - y_all[test]) ** 2).mean()),
+        "auroc_after": auroc(y_all[test], risk[test]),
+    }
+    return CalibrationBundle(
+        model=model,
+        profile_name=profile_name,
+        method=method,
+        map=mapping,
+        threshold=threshold,
+        labels=labels,
+        data=data,
+        created=datetime.now(timezone.utc),
+        candidates=report,
+        quality=quality,
+    )

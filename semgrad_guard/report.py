@@ -1,0 +1,130 @@
+"""The benchmark's Markdown table and PNG plots (ROC, risk-coverage, cost vs AUROC)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semgrad_guard import metrics
+
+__all__ = ["markdown_table", "write_calibration_report", "write_report"]
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Every method under the primary judge, then AUROC under each judge, then any flags."""
+    primary = results["primary_judge"]
+    costs = results["cost_seconds_per_question"]
+    lines = [
+        f"Model `{results['model']}`, data `{results['data']['source']}` ({results['data']['questions']} "
+        f"questions), labels from the `{primary}` judge (error rate {results['error_rate'][primary]:.1%}).",
+        "Incorrect = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval.",
+        "",
+        "| method | AUROC [95% CI] | AUPRC | PRR | AURC | cost s/question |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, m in results["metrics"][primary].items():
+        low, high = m["auroc_ci"]
+        lines.append(
+            f"| {method} | {m['auroc']:.3f} [{low:.3f}, {high:.3f}] | {m['auprc']:.3f} | {m['prr']:.3f} "
+            f"| {m['aurc']:.3f} | {costs[method]:.3f} |"
+        )
+    judges = list(results["metrics"])
+    lines += ["", "AUROC under each judge (error rate in the header):", ""]
+    lines.append("| method | " + " | ".join(f"{j} ({results['error_rate'][j]:.0%})" for j in judges) + " |")
+    lines.append("| --- |" + " --- |" * len(judges))
+    for method in results["metrics"][primary]:
+        values = " | ".join(f"{results['metrics'][j][method]['auroc']:.3f}" for j in judges)
+        lines.append(f"| {method} | {values} |")
+    if results["flags"]:
+        lines += ["", "Flags (a sanity baseline beats the methods: the judge may be measuring length):", ""]
+        lines += [f"- {flag}" for flag in results["flags"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out: Path, results: dict[str, Any], labels: Mapping[Any, list[int]], columns: dict[str, list[float]]
+) -> None:
+    """Write results.md, and the plots where matplotlib is installed."""
+    (out / "results.md").write_text(markdown_table(results), encoding="utf-8")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    primary = results["primary_judge"]
+    y = np.asarray(labels[primary])
+    methods = list(results["metrics"][primary])
+    figure, (roc, risk) = plt.subplots(1, 2, figsize=(12, 5))
+    for method in methods:
+        s = np.asarray(columns[method], dtype=float)
+        keep = np.isfinite(s)
+        order = np.argsort(-s[keep], kind="mergesort")
+        hits = y[keep][order]
+        tpr = np.r_[0, np.cumsum(hits) / max(hits.sum(), 1)]
+        fpr = np.r_[0, np.cumsum(1 - hits) / max((1 - hits).sum(), 1)]
+        roc.plot(fpr, tpr, label=f"{method} ({results['metrics'][primary][method]['auroc']:.2f})")
+        coverage, error = metrics.risk_coverage(y[keep], s[keep])
+        risk.plot(coverage, error, label=method)
+    roc.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({primary} labels)")
+    risk.set(xlabel="coverage", ylabel="error among accepted", title="risk-coverage")
+    roc.legend(fontsize=7)
+    risk.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "curves.png", dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for method in methods:
+        cost = results["cost_seconds_per_question"][method]
+        if cost > 0:
+            axis.scatter(cost, results["metrics"][primary][method]["auroc"])
+            axis.annotate(method, (cost, results["metrics"][primary][method]["auroc"]), fontsize=7)
+    axis.set(xscale="log", xlabel="seconds per question (log)", ylabel="AUROC", title="cost vs AUROC")
+    figure.tight_layout()
+    figure.savefig(out / "cost_auroc.png", dpi=110)
+    plt.close(figure)
+
+
+def write_calibration_report(
+    out: Path, bundle: Any, rows: list[dict[str, float]], wrong: list[int], seed: int
+) -> None:
+    """Reliability diagram and risk-coverage curve with the threshold marked, on the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semgrad_guard.calibration import features
+    from semgrad_guard.fitting import split_indices
+
+    out.mkdir(parents=True, exist_ok=True)
+    _, _, test = split_indices(len(rows), seed)
+    y = np.asarray(wrong, dtype=float)[test]
+    risk = np.array([bundle.map.risk(features(rows[i], bundle.map.fields)) for i in test])
+    figure, (reliability, coverage_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
+    edges = np.linspace(0, 1, 11)
+    index = np.minimum((risk * 10).astype(int), 9)
+    centers = [(risk[index == b].mean(), y[index == b].mean()) for b in range(10) if (index == b).any()]
+    reliability.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    reliability.plot(*zip(*centers, strict=True), "o-", label=f"after ({bundle.method})")
+    reliability.hist(risk, bins=edges, weights=np.full(len(risk), 1 / len(risk)), alpha=0.2, label="share")
+    reliability.set(xlabel="predicted risk", ylabel="observed error rate", title="reliability (test split)")
+    reliability.legend(fontsize=8)
+    fraction, error = metrics.risk_coverage(y, risk)
+    coverage_axis.plot(fraction, error, label="accept lowest risk first")
+    if bundle.threshold is not None:
+        accepted = risk <= bundle.threshold.max_risk
+        coverage_axis.axvline(
+            accepted.mean(), color="r", linestyle="--", label=f"threshold ({bundle.threshold.rule})"
+        )
+    coverage_axis.set(xlabel="coverage", ylabel="error among accepted", title="risk-coverage (test split)")
+    coverage_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "calibration.png", dpi=110)
+    plt.close(figure)

@@ -1,0 +1,142 @@
+"""Calibration maps, threshold selection with a guarantee, bundles, and their use by the scorer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from semgrad_guard import SemGradScorer
+from semgrad_guard.calibration import CalibrationBundle, LogisticMap, Threshold, features
+from semgrad_guard.fitting import SINGLE_FIELDS, _fit_map, fit_calibration
+
+FIELDS = list(SINGLE_FIELDS)
+
+
+def synthetic(n: int, rng: np.random.Generator) -> tuple[list[dict[str, float]], list[int]]:
+    """Rows whose error probability is known: sigmoid(2 * log semgrad); the other fields are noise."""
+    log_semgrad = rng.normal(size=n)
+    wrong = (rng.random(n) < 1 / (1 + np.exp(-2 * log_semgrad))).astype(int)
+    rows = [
+        {f: float(np.exp(v)) if f == "semgrad" else float(rng.lognormal()) for f in FIELDS}
+        for v in log_semgrad
+    ]
+    return rows, list(wrong)
+
+
+def risks(bundle: CalibrationBundle, rows: list[dict[str, float]]) -> np.ndarray:
+    return np.array([bundle.map.risk(features(r, bundle.map.fields)) for r in rows])
+
+
+@pytest.mark.parametrize("kind", ["isotonic", "logistic"])
+def test_single_field_maps_are_monotone_and_in_unit_interval(kind: str) -> None:
+    rows, wrong = synthetic(800, np.random.default_rng(0))
+    x = np.array([features(r, ["semgrad"]) for r in rows])
+    mapping = _fit_map(kind, ["semgrad"], x, np.asarray(wrong, dtype=float))
+    grid = np.linspace(x.min() - 3, x.max() + 3, 400)
+    values = np.array([mapping.risk(np.array([g])) for g in grid])
+    assert np.all(np.diff(values) >= -1e-12) and values.min() >= 0 and values.max() <= 1
+    assert values[-1] - values[0] > 0.5  # it learned the signal, not a constant
+
+
+def test_threshold_meets_target_error_on_fresh_samples() -> None:
+    rng = np.random.default_rng(1)
+    met, found = 0, 0
+    repeats = 30
+    for seed in range(repeats):
+        rows, wrong = synthetic(1200, rng)
+        bundle = fit_calibration(
+            rows,
+            wrong,
+            model="m",
+            labels="synthetic",
+            data=["synthetic"],
+            target_error=0.25,
+            delta=0.1,
+            seed=seed,
+        )
+        if bundle.threshold is None:
+            continue
+        found += 1
+        fresh, fresh_wrong = synthetic(20000, rng)
+        accepted = risks(bundle, fresh) <= bundle.threshold.max_risk
+        assert accepted.mean() > 0.05  # a usable threshold, not one that accepts (almost) nothing
+        met += np.asarray(fresh_wrong)[accepted].mean() <= 0.25
+    assert found >= 0.9 * repeats
+    assert met >= 0.9 * found
+
+
+def test_unreachable_target_gives_no_threshold() -> None:
+    rows, wrong = synthetic(600, np.random.default_rng(2))
+    bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=0.001, delta=0.05)
+    assert bundle.threshold is None
+
+
+def test_coverage_rule_accepts_at_least_the_target_share() -> None:
+    rng = np.random.default_rng(3)
+    shares = []
+    for seed in range(10):
+        rows, wrong = synthetic(800, rng)
+        bundle = fit_calibration(
+            rows, wrong, model="m", labels="s", data=["s"], target_error=None, target_coverage=0.7, seed=seed
+        )
+        assert bundle.threshold is not None and bundle.threshold.rule == "coverage"
+        shares.append((risks(bundle, synthetic(5000, rng)[0]) <= bundle.threshold.max_risk).mean())
+    assert np.mean(shares) >= 0.68
+
+
+def test_model_selection_prefers_the_informative_field() -> None:
+    rows, wrong = synthetic(1500, np.random.default_rng(4))
+    bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"])
+    assert "semgrad" in bundle.map.fields
+    assert bundle.candidates[bundle.method]["cv_log_loss"] == min(
+        c["cv_log_loss"] for c in bundle.candidates.values()
+    )
+    assert bundle.quality["ece_after"] < bundle.quality["ece_before"]
+
+
+def hand_made(threshold: float | None, model: str = "tiny") -> CalibrationBundle:
+    return CalibrationBundle(
+        model=model,
+        method="logistic:semgrad",
+        map=LogisticMap(fields=["semgrad"], mean=[-8.0], scale=[1.0], coef=[1.5], intercept=0.0),
+        threshold=None
+        if threshold is None
+        else Threshold(max_risk=threshold, rule="coverage", calibration_n=1),
+        labels="hand-made",
+        data=["none"],
+        created=datetime.now(timezone.utc),
+    )
+
+
+def test_scorer_fills_risk_and_decision(make_tiny: Callable[..., SemGradScorer], tmp_path: Path) -> None:
+    hand_made(0.5).save(tmp_path / "bundle.json")
+    score = make_tiny(calibration=tmp_path / "bundle.json").score("Hi?", "Hello")
+    assert score.risk is not None and 0 <= score.risk <= 1
+    assert score.confidence == pytest.approx(1 - score.risk)
+    assert score.low_confidence == (score.risk > 0.5)
+    assert score.untrusted() == score.low_confidence
+    uncalibrated = make_tiny(calibration=hand_made(None)).score("Hi?", "Hello")
+    assert uncalibrated.risk == pytest.approx(score.risk) and uncalibrated.low_confidence is None
+
+
+def test_bundle_for_another_model_warns(make_tiny: Callable[..., SemGradScorer], caplog: Any) -> None:
+    with caplog.at_level(logging.WARNING):
+        make_tiny(calibration=hand_made(0.5, model="other")).load()
+    assert "do not transfer" in caplog.text
+
+
+def test_bundle_json_round_trip(tmp_path: Path) -> None:
+    bundle = hand_made(0.3)
+    bundle.save(tmp_path / "b.json")
+    assert CalibrationBundle.load(tmp_path / "b.json") == bundle
+
+
+def test_invalid_scores_are_left_alone(make_tiny: Callable[..., SemGradScorer]) -> None:
+    score = make_tiny(calibration=hand_made(0.5)).score("Hi?", "", errors="mark")
+    assert not score.valid and score.risk is None
