@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,15 @@ def _tiny_model(tokenizer: Any, *, tied: bool, seed: int = 0, layers: int = 4) -
         tie_word_embeddings=tied,
     )
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: Any, tokenizer: Any) -> Path:
+    """A tiny random 4-layer Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny")
+    _tiny_model(tokenizer, tied=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture

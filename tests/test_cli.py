@@ -11,26 +11,6 @@ import pytest
 from semgrad_guard.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: Any, tokenizer: Any) -> Path:
-    """A tiny random Llama saved as a local Hugging Face folder (safetensors)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_score_one_pair(tiny_dir: Path, capsys: Any) -> None:
     assert main(["score", "--model", str(tiny_dir), "--prompt", "What is 2+2?", "--answer", "4"]) == 0
     score = json.loads(capsys.readouterr().out)
@@ -48,7 +28,7 @@ def test_score_jsonl_keeps_every_line(tiny_dir: Path, tmp_path: Path, capsys: An
         {"id": "a", "prompt": "What is 2+2?", "answer": "4"},
         {"id": "b", "prompt": [{"role": "user", "content": "Capital of Italy?"}], "answer": "Rome"},
         {"id": "c", "prompt": "Why?", "answer": ""},
-        {"id": "d", "prompt": "long " * 200, "answer": "no"},
+        {"id": "d", "prompt": "long " * 300, "answer": "no"},
     ]
     source.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n", encoding="utf-8")
     sink = tmp_path / "out.jsonl"

@@ -234,26 +234,6 @@ def test_auto_profile_is_computed_once_and_cached(
     assert again.profile == profile
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: Any, tokenizer: Any) -> Path:
-    """A tiny random 4-layer Llama saved as a local Hugging Face folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_cli_profile_writes_a_profile_the_scorer_uses(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "profile.json"
     assert main(["profile", "--model", str(tiny_dir), "--out", str(out), "--limit", "6"]) == 0
