@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+import semgrad_guard
 from semgrad_guard import SemGradScorer, metrics
 from semgrad_guard.bench import BenchConfig, run_bench
 from semgrad_guard.cli import main
@@ -45,7 +46,9 @@ def test_judge_rules() -> None:
 
 @pytest.mark.slow
 def test_small_run_writes_everything(embedded: SemGradScorer, tmp_path: Path) -> None:
-    config = BenchConfig(data="sciq", out=tmp_path, limit=12, samples=3, max_new_tokens=12)
+    # The QA set shipped in the package, so the test does not depend on the shared dev files.
+    shipped = Path(semgrad_guard.__file__).parent / "data" / "sps_default.jsonl"
+    config = BenchConfig(data=str(shipped), out=tmp_path, limit=12, samples=3, max_new_tokens=12)
     results = run_bench(config, scorer=embedded)
     for name in ["results.json", "rows.csv", "results.md", "curves.png", "cost_auroc.png"]:
         assert (tmp_path / name).is_file(), name
