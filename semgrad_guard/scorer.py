@@ -27,7 +27,7 @@ from semgrad_guard.profiles import ModelProfile, resolve_profile
 from semgrad_guard.prompts import ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
 from semgrad_guard.sps import auto_profile
-from semgrad_guard.statistics import EncodedPair, gradient_statistics
+from semgrad_guard.statistics import EncodedPair, gradient_statistics, num_layers
 
 __all__ = ["ErrorMode", "ScorerConfig", "SemGradScorer"]
 
@@ -127,7 +127,7 @@ class SemGradScorer:
                     profile = auto_profile(model, tokenizer, name)
                 else:
                     profile = self._requested_profile or resolve_profile(model, tokenizer, name)
-                self._profile = profile.resolved(self._num_layers(self._loaded.model))
+                self._profile = profile.resolved(num_layers(self._loaded.model))
                 if self._calibration_source is not None:
                     self._calibration = load_calibration(self._calibration_source, self._loaded.name)
         return self
@@ -146,11 +146,6 @@ class SemGradScorer:
             load_kwargs=self._load_kwargs,
         )
         return LoadedModel(loaded.model, loaded.tokenizer, self._name or loaded.name)
-
-    @staticmethod
-    def _num_layers(model: Any) -> int:
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        return int(config.num_hidden_layers)
 
     @property
     def model(self) -> Any:
@@ -325,7 +320,7 @@ class SemGradScorer:
         assert profile.layers is not None
         with self._lock, self._eval_mode(loaded.model):
             start = time.perf_counter()
-            stats = gradient_statistics(loaded.model, pairs, profile.layers, self._num_layers(loaded.model))
+            stats = gradient_statistics(loaded.model, pairs, profile.layers, num_layers(loaded.model))
             seconds = time.perf_counter() - start
         scores = []
         for pair, stat in zip(pairs, stats, strict=True):

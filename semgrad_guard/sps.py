@@ -36,7 +36,7 @@ from semgrad_guard.cache import cache_dir
 from semgrad_guard.datasets import QAItem, load_qa, qa_prompt
 from semgrad_guard.profiles import ModelProfile
 from semgrad_guard.prompts import ChatFormat, Prompt
-from semgrad_guard.statistics import decoder_layers
+from semgrad_guard.statistics import decoder_layers, num_layers
 
 __all__ = [
     "DEFAULT_DATA",
@@ -212,11 +212,6 @@ def _tail_states(
     return result
 
 
-def _num_layers(model: Any) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(config.num_hidden_layers)
-
-
 def _probe_tokens(tokenizer: Any, offset: int) -> dict[str, str]:
     chat = ChatFormat(tokenizer)
     found = {}
@@ -280,11 +275,11 @@ def compute_sps(
     if min(len(p) for p in prompts) < -offsets[0]:
         raise ValueError(f"a prompt is shorter than offset {offsets[0]}")
 
-    num_layers = _num_layers(model)
-    states = _tail_states(model, prompts, offsets, num_layers, batch_size, progress)
+    layer_count = num_layers(model)
+    states = _tail_states(model, prompts, offsets, layer_count, batch_size, progress)
     sps, retrieval = preservation_scores(states, torch.tensor(source))  # (offsets, layers) each
 
-    bands = layer_bands(num_layers, band_width)
+    bands = layer_bands(layer_count, band_width)
     band_sps = torch.stack([sps[:, first : last + 1].mean(1) for first, last in bands], dim=1)
     best = int(band_sps.argmax())
     pick, band = divmod(best, len(bands))
@@ -310,7 +305,7 @@ def compute_sps(
         data=data or "user items",
         n_questions=len(usable),
         n_prompts=len(prompts),
-        num_layers=num_layers,
+        num_layers=layer_count,
         offsets=list(offsets),
         tokens=tokens,
         template=template,

@@ -17,7 +17,7 @@ import torch
 
 from semgrad_guard.errors import SemGradError
 
-__all__ = ["EncodedPair", "PassStatistics", "decoder_layers", "gradient_statistics"]
+__all__ = ["EncodedPair", "PassStatistics", "decoder_layers", "gradient_statistics", "num_layers"]
 
 # Elements of one vocabulary chunk of the output-weight gradient (bounds the memory of that term).
 _OUTPUT_GRAD_CHUNK = 1 << 24
@@ -46,6 +46,12 @@ class PassStatistics:
     hidden_grad: torch.Tensor  # (n_layers,) mean |d loss / d h_l[p]| for each scored layer
     output_grad: float  # mean |d loss / d W_out| through the output projection only
     output_grad_ce: float  # the same under plain mean cross-entropy (the ExGrad baseline)
+
+
+def num_layers(model: Any) -> int:
+    """Decoder layers of a causal LM (of its text model, for multimodal configs)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(config.num_hidden_layers)
 
 
 def decoder_layers(model: Any, num_layers: int) -> torch.nn.ModuleList:
