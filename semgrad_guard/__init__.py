@@ -6,6 +6,7 @@ wrong.
 """
 
 from semgrad_guard._version import __version__
+from semgrad_guard.batching import BatchingConfig
 from semgrad_guard.calibration import CalibrationBundle
 from semgrad_guard.errors import (
     ChatTemplateError,
@@ -16,6 +17,8 @@ from semgrad_guard.errors import (
     NonFiniteScoreError,
     NoThresholdError,
     ProfileMismatchError,
+    ScorerBusyError,
+    ScorerOutOfMemoryError,
     SemGradError,
 )
 from semgrad_guard.profiles import ModelProfile
@@ -25,6 +28,7 @@ from semgrad_guard.scorer import ErrorMode, ScorerConfig, SemGradScorer
 from semgrad_guard.shared import default_scorer, set_default_scorer
 
 __all__ = [
+    "BatchingConfig",
     "CalibrationBundle",
     "ChatTemplateError",
     "EmptyAnswerError",
@@ -40,7 +44,9 @@ __all__ = [
     "RawField",
     "Score",
     "ScoredGeneration",
+    "ScorerBusyError",
     "ScorerConfig",
+    "ScorerOutOfMemoryError",
     "SemGradError",
     "SemGradScorer",
     "__version__",

@@ -10,7 +10,9 @@
     │   ├── InputTooLongError         prompt + answer exceed the model's context or the configured limit
     │   ├── ChatTemplateError         chat messages given to a model without a chat template, or malformed
     │   └── ProfileMismatchError      the profile's position does not land on its expected template token
-    └── NonFiniteScoreError       (also an ArithmeticError) the pass produced NaN or infinity
+    ├── NonFiniteScoreError       (also an ArithmeticError) the pass produced NaN or infinity
+    ├── ScorerBusyError           the request queue stayed full for longer than the configured wait
+    └── ScorerOutOfMemoryError    (also a MemoryError) one pair alone does not fit on the device
 
 Each error carries a short ``code`` that also names the reason of a Score marked invalid.
 """
@@ -26,6 +28,8 @@ __all__ = [
     "NoThresholdError",
     "NonFiniteScoreError",
     "ProfileMismatchError",
+    "ScorerBusyError",
+    "ScorerOutOfMemoryError",
     "SemGradError",
 ]
 
@@ -82,3 +86,15 @@ class NonFiniteScoreError(SemGradError, ArithmeticError):
     """The forward or backward pass produced NaN or infinite values."""
 
     code = "non_finite"
+
+
+class ScorerBusyError(SemGradError):
+    """The shared scorer's queue stayed full for longer than ``queue_timeout_s``: shed load or retry."""
+
+    code = "busy"
+
+
+class ScorerOutOfMemoryError(SemGradError, MemoryError):
+    """A single pair ran out of device memory even in a pass of its own."""
+
+    code = "out_of_memory"

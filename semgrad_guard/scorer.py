@@ -6,7 +6,9 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from semgrad_guard.batching import BatchingConfig, MicroBatcher
 from semgrad_guard.calibration import CalibrationBundle, load_calibration
 from semgrad_guard.errors import (
     InputTooLongError,
@@ -27,7 +30,14 @@ from semgrad_guard.profiles import ModelProfile, resolve_profile
 from semgrad_guard.prompts import ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
 from semgrad_guard.sps import auto_profile
-from semgrad_guard.statistics import EncodedPair, gradient_statistics, num_layers
+from semgrad_guard.statistics import (
+    EncodedPair,
+    PassMode,
+    gradient_statistics,
+    num_layers,
+    output_cache,
+    prefix_from_cache,
+)
 
 __all__ = ["ErrorMode", "ScorerConfig", "SemGradScorer"]
 
@@ -42,9 +52,15 @@ class ScorerConfig(BaseModel):
 
     device: str = Field(default="auto", description="'auto' (cuda, mps, cpu), or a torch device string.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(default=8, ge=1, description="Pairs per forward/backward pass in score_batch.")
+    batch_size: int = Field(default=8, ge=1, description="Most pairs in one forward/backward pass.")
     max_length: int | None = Field(default=None, ge=2, description="Token limit; None = the model's context.")
     trust_remote_code: bool = False
+    pass_mode: PassMode = Field(
+        default="fast", description="'fast' (cached prompt, graph from p on) or 'naive'; both exact."
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="How concurrent requests are gathered into passes."
+    )
 
 
 class SemGradScorer:
@@ -58,16 +74,22 @@ class SemGradScorer:
         profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON,
             ``None`` for the built-in profile of the model's family (template rule otherwise), or
             ``"auto"`` to compute it with SPS (:mod:`semgrad_guard.sps`) once and cache it per model.
-        batch_size: pairs per pass in :meth:`score_batch`.
+        batch_size: the most pairs in one forward/backward pass.
         max_length: refuse pairs longer than this many tokens (default: the model's context length).
         trust_remote_code: let transformers run code shipped with the model (off by default).
+        pass_mode: ``"fast"`` (default) reads the prompt before the gradient position once without autograd
+            and builds the graph only from there on; ``"naive"`` differentiates the whole sequence. Both
+            give the same scores (:mod:`semgrad_guard.statistics`).
+        batching: how requests from many threads and tasks are gathered into shared passes (token budget,
+            wait, queue bound): :class:`~semgrad_guard.batching.BatchingConfig`.
         load_kwargs: extra keyword arguments for ``from_pretrained`` (revision, attn_implementation, ...).
         name: the model name reported in scores (default: derived from ``model``).
         calibration: a :class:`CalibrationBundle`, a path to one, or ``"default"`` (the shipped bundle of
             the embedded model); fills ``risk``, ``confidence`` and ``low_confidence`` of every Score.
 
-    The model loads on first use (or on :meth:`load`). One lock serialises passes through the model, so a
-    scorer can be shared by threads; :meth:`ascore` runs in a worker thread and never blocks the event loop.
+    The model loads on first use (or on :meth:`load`). Scoring requests from every thread and task go to one
+    worker thread that gathers them into shared passes; one lock keeps passes and generation apart, so a
+    scorer can be shared freely, and :meth:`ascore` never blocks the event loop.
 
     Example:
         >>> scorer = SemGradScorer()
@@ -86,6 +108,8 @@ class SemGradScorer:
         batch_size: int = 8,
         max_length: int | None = None,
         trust_remote_code: bool = False,
+        pass_mode: PassMode = "fast",
+        batching: BatchingConfig | None = None,
         load_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
         calibration: CalibrationBundle | str | Path | None = None,
@@ -97,6 +121,8 @@ class SemGradScorer:
             batch_size=batch_size,
             max_length=max_length,
             trust_remote_code=trust_remote_code,
+            pass_mode=pass_mode,
+            batching=batching or BatchingConfig(),
         )
         self._spec = model
         self._load_kwargs = dict(load_kwargs or {})
@@ -114,6 +140,7 @@ class SemGradScorer:
         self._profile: ModelProfile | None = None
         self._calibration_source = calibration
         self._calibration: CalibrationBundle | None = None
+        self._batcher = MicroBatcher(self._pass, self.config.batching, self.config.batch_size)
 
     # ----------------------------------------------------------------------------------------- loading
     def load(self) -> SemGradScorer:
@@ -191,25 +218,38 @@ class SemGradScorer:
         return self.score_batch([(prompt, answer)], errors=errors)[0]
 
     async def ascore(self, prompt: Prompt, answer: str, *, errors: ErrorMode = "raise") -> Score:
-        """Async :meth:`score`: the pass runs in a worker thread, so the event loop stays free."""
-        return await asyncio.to_thread(self.score, prompt, answer, errors=errors)
+        """Async :meth:`score`: the event loop stays free while the pass runs."""
+        return (await self.ascore_batch([(prompt, answer)], errors=errors))[0]
 
     async def ascore_batch(
         self, pairs: Sequence[tuple[Prompt, str]], *, errors: ErrorMode = "raise"
     ) -> list[Score]:
-        """Async :meth:`score_batch`, run in a worker thread."""
-        return await asyncio.to_thread(self.score_batch, pairs, errors=errors)
+        """Async :meth:`score_batch`: concurrent tasks share passes through the micro-batcher."""
+        slots = await asyncio.to_thread(self._submit, pairs, errors)
+        waiting = [asyncio.wrap_future(slot) for slot in slots if isinstance(slot, Future)]
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return [self._outcome(slot, errors) for slot in slots]
 
     def score_batch(
         self, pairs: Sequence[tuple[Prompt, str]], *, errors: ErrorMode = "raise", progress: bool = False
     ) -> list[Score]:
-        """Score many pairs in padded batches of ``batch_size``; results equal one-by-one scoring.
+        """Score many pairs; results equal one-by-one scoring.
 
-        With ``errors="mark"`` a pair that cannot be scored comes back as an invalid Score in its place and
-        the others are still scored; with ``"raise"`` the first bad pair raises before any pass runs.
+        Pairs are sorted by length and run in passes of at most ``batch_size`` pairs, shared with any other
+        thread or task scoring at the same time (:mod:`semgrad_guard.batching`). With ``errors="mark"`` a
+        pair that cannot be scored comes back as an invalid Score in its place and the others are still
+        scored; with ``"raise"`` the first bad pair raises before any pass runs.
         """
+        slots = self._submit(pairs, errors)
+        return [
+            self._outcome(slot, errors)
+            for slot in tqdm(slots, desc="scoring", unit="pair", disable=not progress)
+        ]
+
+    def _submit(self, pairs: Sequence[tuple[Prompt, str]], errors: ErrorMode) -> list[Score | Future[Score]]:
+        """Encode every pair (bad input raises or is marked first), then queue the rest, shortest first."""
         loaded, _, _ = self._ready()
-        results: list[Score | None] = [None] * len(pairs)
+        slots: list[Score | Future[Score] | None] = [None] * len(pairs)
         encoded: list[tuple[int, EncodedPair]] = []
         for index, (prompt, answer) in enumerate(pairs):
             try:
@@ -217,16 +257,26 @@ class SemGradScorer:
             except InvalidInputError as exc:
                 if errors == "raise":
                     raise
-                results[index] = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
+                slots[index] = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
         encoded.sort(key=lambda item: item[1].length)
-        size = self.config.batch_size
-        chunks = [encoded[start : start + size] for start in range(0, len(encoded), size)]
-        for chunk in tqdm(chunks, desc="scoring", unit="batch", disable=not progress):
-            for (index, _), score in zip(
-                chunk, self._score_encoded([p for _, p in chunk], errors), strict=True
-            ):
-                results[index] = score
-        return [score for score in results if score is not None]
+        futures = self._batcher.submit([pair for _, pair in encoded])
+        for (index, _), future in zip(encoded, futures, strict=True):
+            slots[index] = future
+        return [slot for slot in slots if slot is not None]
+
+    def _outcome(self, slot: Score | Future[Score], errors: ErrorMode) -> Score:
+        """A finished pass's Score, checked and calibrated; its error raised or marked per ``errors``."""
+        if isinstance(slot, Score):
+            return slot
+        try:
+            score = slot.result()
+            if not score.is_finite():
+                raise NonFiniteScoreError("the pass produced NaN or infinite values")
+        except SemGradError as exc:
+            if errors == "raise":
+                raise
+            return Score.invalid(f"{exc.code}: {exc}", model=self.model_name)
+        return score if self._calibration is None else self._calibration.apply(score)
 
     def generate_and_score(
         self,
@@ -238,36 +288,39 @@ class SemGradScorer:
     ) -> ScoredGeneration:
         """Generate an answer greedily with the scoring model, then score its own token ids.
 
-        Extra keyword arguments go to ``model.generate`` (they may override greedy decoding).
+        The score reuses the prompt's key/value cache that generation made, so only the positions from the
+        gradient position on are run again. Extra keyword arguments go to ``model.generate`` (they may
+        override greedy decoding).
         """
         loaded, chat, profile = self._ready()
         prompt_ids = chat.encode_prompt(prompt)
-        answer_ids = self._generate_ids(prompt_ids, 1, max_new_tokens, generation_kwargs)[0]
+        answers, cache = self._generate_ids(prompt_ids, 1, max_new_tokens, generation_kwargs)
+        answer_ids = answers[0]
         text = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
         try:
             if not answer_ids:
                 raise InvalidInputError("the model generated no tokens")
             pair = EncodedPair(prompt_ids, answer_ids, self._position(prompt_ids, profile))
-            score = self._score_encoded([pair], "raise")[0]
+            pair = replace(pair, prefix=prefix_from_cache(cache, pair.start))
         except SemGradError as exc:
             if errors == "raise":
                 raise
-            score = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
-        return ScoredGeneration(text=text, score=score)
+            return ScoredGeneration(text=text, score=Score.invalid(f"{exc.code}: {exc}", model=loaded.name))
+        return ScoredGeneration(text=text, score=self._outcome(self._batcher.submit([pair])[0], errors))
 
     def generate(
         self, prompt: Prompt, *, n: int = 1, max_new_tokens: int = 64, **generation_kwargs: Any
     ) -> list[str]:
         """Generate ``n`` answers with the scoring model (greedy unless ``do_sample=True`` is passed)."""
         loaded, chat, _ = self._ready()
-        ids = self._generate_ids(chat.encode_prompt(prompt), n, max_new_tokens, generation_kwargs)
+        ids, _ = self._generate_ids(chat.encode_prompt(prompt), n, max_new_tokens, generation_kwargs)
         return [loaded.tokenizer.decode(answer, skip_special_tokens=True) for answer in ids]
 
     # ---------------------------------------------------------------------------------------- internals
     def _generate_ids(
         self, prompt_ids: list[int], n: int, max_new_tokens: int, generation_kwargs: Mapping[str, Any]
-    ) -> list[list[int]]:
-        """Answer token ids of ``n`` generations, each cut after its first end-of-turn or eos token."""
+    ) -> tuple[list[list[int]], Any]:
+        """Answer ids of ``n`` generations, each cut after its first end-of-turn or eos, and the KV cache."""
         loaded, chat, _ = self._ready()
         self._check_length(len(prompt_ids) + max_new_tokens)
         model = loaded.model
@@ -276,6 +329,7 @@ class SemGradScorer:
             "max_new_tokens": max_new_tokens,
             "num_return_sequences": n,
             **generation_kwargs,
+            "return_dict_in_generate": True,
         }
         if loaded.tokenizer.pad_token_id is None:
             settings.setdefault("pad_token_id", chat.end_of_turn_id)
@@ -284,10 +338,10 @@ class SemGradScorer:
             output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
         stops = {chat.end_of_turn_id, loaded.tokenizer.eos_token_id}
         answers = []
-        for row in output[:, len(prompt_ids) :].tolist():
+        for row in output.sequences[:, len(prompt_ids) :].tolist():
             end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
             answers.append([int(t) for t in row[:end]])
-        return answers
+        return answers, output_cache(output)
 
     def _encode(self, prompt: Prompt, answer: str) -> EncodedPair:
         _, chat, profile = self._ready()
@@ -315,25 +369,20 @@ class SemGradScorer:
                 )
         return position
 
-    def _score_encoded(self, pairs: list[EncodedPair], errors: ErrorMode) -> list[Score]:
+    def _pass(self, pairs: list[EncodedPair]) -> list[Score]:
+        """One forward/backward pass over ``pairs`` (on the batcher's thread); raw, uncalibrated Scores."""
         loaded, _, profile = self._ready()
         assert profile.layers is not None
         with self._lock, self._eval_mode(loaded.model):
             start = time.perf_counter()
-            stats = gradient_statistics(loaded.model, pairs, profile.layers, num_layers(loaded.model))
+            stats = gradient_statistics(
+                loaded.model, pairs, profile.layers, num_layers(loaded.model), self.config.pass_mode
+            )
             seconds = time.perf_counter() - start
-        scores = []
-        for pair, stat in zip(pairs, stats, strict=True):
-            score = Score.from_statistics(stat, pair, model=loaded.name, profile=profile, seconds=seconds)
-            if score.is_finite() and self._calibration is not None:
-                score = self._calibration.apply(score)
-            if not score.is_finite():
-                error = NonFiniteScoreError("the pass produced NaN or infinite values")
-                if errors == "raise":
-                    raise error
-                score = Score.invalid(f"{error.code}: {error}", model=loaded.name, seconds=seconds)
-            scores.append(score)
-        return scores
+        return [
+            Score.from_statistics(stat, pair, model=loaded.name, profile=profile, seconds=seconds)
+            for pair, stat in zip(pairs, stats, strict=True)
+        ]
 
     @staticmethod
     @contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 import semgrad_guard
 
 EXPECTED_ALL = [
+    "BatchingConfig",
     "CalibrationBundle",
     "ChatTemplateError",
     "EmptyAnswerError",
@@ -23,7 +24,9 @@ EXPECTED_ALL = [
     "RawField",
     "Score",
     "ScoredGeneration",
+    "ScorerBusyError",
     "ScorerConfig",
+    "ScorerOutOfMemoryError",
     "SemGradError",
     "SemGradScorer",
     "__version__",

@@ -1,0 +1,127 @@
+"""The fast pass (cached prompt, graph from the gradient position on) equals the naive full-graph pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+
+from semgrad_guard import SemGradScorer
+from semgrad_guard.statistics import (
+    EncodedPair,
+    PassStatistics,
+    gradient_statistics,
+    num_layers,
+    output_cache,
+    prefix_from_cache,
+)
+
+
+def rag_prompt(facts: int) -> str:
+    """A retrieval-style prompt: many context sentences, then the question."""
+    context = " ".join(f"Fact {i}: the river {i} flows north into lake {i % 7}." for i in range(facts))
+    return f"Context: {context}\nQuestion: where does river 5 flow?"
+
+
+PAIRS = [
+    ("What is the capital of France?", "Paris"),
+    ("Which gas do plants absorb from the air?", "Carbon dioxide, mostly through the stomata."),
+    (rag_prompt(10), "North, into lake 5."),  # about 200 tokens: fits the tiny models' 256
+]
+LONG = (rag_prompt(60), "North, into lake 5.")  # about 1000 tokens, for the real model
+
+
+def assert_same(fast: list[PassStatistics], naive: list[PassStatistics], rtol: float = 1e-5) -> None:
+    """Gradients to 1e-5 relative; token NLLs and entropies to 1e-4 nats (float32 logits of size ~20
+    computed with matmuls of other shapes differ by ~1e-5 absolute, which is large relative to a NLL near 0).
+    """
+    assert len(fast) == len(naive)
+    for a, b in zip(fast, naive, strict=True):
+        torch.testing.assert_close(a.hidden_grad, b.hidden_grad, rtol=rtol, atol=0)
+        for field in ("token_nll", "token_entropy"):
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=1e-4)
+        assert a.output_grad == pytest.approx(b.output_grad, rel=rtol)
+        assert a.output_grad_ce == pytest.approx(b.output_grad_ce, rel=rtol)
+
+
+def both(scorer: SemGradScorer, pairs: list[EncodedPair], layers: Any = None) -> None:
+    model, layers = scorer.model, layers or scorer.profile.layers
+    with torch.no_grad():  # also checks that a caller's no_grad does not leak into the pass
+        fast = gradient_statistics(model, pairs, layers, num_layers(model), "fast")
+    naive = gradient_statistics(model, pairs, layers, num_layers(model), "naive")
+    assert_same(fast, naive)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_tiny_model_single_and_batched(make_tiny: Callable[..., SemGradScorer], tied: bool) -> None:
+    scorer = make_tiny(tied=tied)
+    pairs = [scorer._encode(prompt, answer) for prompt, answer in PAIRS]
+    assert pairs[-1].length > 150  # a longer prompt, so most of it sits in the cache
+    for pair in pairs:
+        both(scorer, [pair])
+    both(scorer, pairs)  # different prompt lengths: left-padded cache, right-padded graph
+
+
+def test_tiny_model_lowest_layer_embeddings(make_tiny: Callable[..., SemGradScorer]) -> None:
+    scorer = make_tiny(tied=False)
+    pairs = [scorer._encode(prompt, answer) for prompt, answer in PAIRS[:2]]
+    both(scorer, pairs, layers=(0, 2, 3))  # the graph starts at the input embeddings
+
+
+def test_embedded_model_batched(embedded: SemGradScorer) -> None:
+    pairs = [embedded._encode(prompt, answer) for prompt, answer in [*PAIRS, LONG]]
+    assert pairs[-1].length > 900
+    both(embedded, pairs[-1:])
+    both(embedded, pairs)
+
+
+def test_generation_cache_is_reused_exactly(embedded: SemGradScorer) -> None:
+    pair = embedded._encode(LONG[0], "North.")
+    model = embedded.model
+    ids = torch.tensor([pair.prompt_ids + pair.answer_ids])
+    with torch.no_grad():
+        cache = output_cache(model(input_ids=ids, use_cache=True))
+    prefix = prefix_from_cache(cache, pair.start)
+    assert prefix is not None and prefix.length == pair.start
+    layers = embedded.profile.layers
+    reused = gradient_statistics(model, [replace(pair, prefix=prefix)], layers, num_layers(model))
+    naive = gradient_statistics(model, [pair], layers, num_layers(model), "naive")
+    assert_same(reused, naive)
+
+
+def test_generate_and_score_equals_scoring_the_same_ids(embedded: SemGradScorer) -> None:
+    generated = embedded.generate_and_score(PAIRS[0][0], max_new_tokens=8)
+    rescored = embedded.score(PAIRS[0][0], generated.text)
+    assert generated.score.n_answer_tokens == rescored.n_answer_tokens
+    assert generated.score.semgrad == pytest.approx(rescored.semgrad, rel=1e-5)
+    assert generated.score.hybridgrad == pytest.approx(rescored.hybridgrad, rel=1e-5)
+
+
+def test_scorer_modes_agree(make_tiny: Callable[..., SemGradScorer]) -> None:
+    fast, naive = make_tiny(), make_tiny(pass_mode="naive")
+    for (prompt, answer), a, b in zip(PAIRS, fast.score_batch(PAIRS), naive.score_batch(PAIRS), strict=True):
+        assert a.semgrad == pytest.approx(b.semgrad, rel=1e-5), (prompt, answer)
+        assert a.hybridgrad == pytest.approx(b.hybridgrad, rel=1e-5)
+
+
+def test_sliding_window_cache_falls_back_to_naive(tokenizer: Any) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+    )
+    scorer = SemGradScorer((MistralForCausalLM(config).eval(), tokenizer), profile=None)
+    with torch.no_grad():
+        cache = output_cache(scorer.model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True))
+    assert prefix_from_cache(cache, 2) is None  # sliding layers: the fast path must not reuse this cache
+    both(scorer, [scorer._encode(prompt, answer) for prompt, answer in PAIRS[:2]])
