@@ -1,8 +1,9 @@
 """The error-detection benchmark: greedy answers, judged labels, every method's scores, metrics and cost.
 
 ``semgrad-guard bench --data sciq --out DIR`` generates one greedy answer per question with the paper's
-prompt (cached in DIR, so methods can be re-scored without regenerating), labels each answer with every
-automatic judge, scores it with every method, and writes results.json, rows.csv, results.md and plots.
+prompt (cached in DIR, so methods can be re-scored without regenerating), labels each answer with its
+audited label where one matches the question and exact answer (else with the best automatic judge) and with
+every automatic judge, scores it with every method, and writes results.json, rows.csv, results.md and plots.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from semgrad_guard import metrics, sampling
+from semgrad_guard.audit import AuditedLabel, find_labels, load_labels, resolve_labels
 from semgrad_guard.datasets import QAItem, load_qa, qa_prompt
 from semgrad_guard.embeddings import SentenceEmbedder
-from semgrad_guard.judges import JUDGES, JudgeName, judge_all
+from semgrad_guard.judges import FALLBACK_JUDGE, JUDGES, JudgeName, judge_all
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
 
@@ -40,7 +42,7 @@ SINGLE_PASS = {  # method -> Score field; all come from the one forward/backward
     "mean_entropy": "mean_entropy",
     "max_token_nll": "max_token_nll",
 }
-COMBINED = ("combined",)  # logistic over the single-pass scores, fitted out of fold on the primary judge
+COMBINED = ("combined",)  # logistic over the single-pass scores, fitted out of fold on the main labels
 SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 SANITY = ("length", "neg_length", "random")
 METHODS = (*SINGLE_PASS, *COMBINED, *SAMPLING, *SANITY)
@@ -59,7 +61,16 @@ class BenchConfig(BaseModel):
     methods: tuple[str, ...] = METHODS
     samples: int = Field(default=10, ge=0, description="K sampled answers for the sampling baselines.")
     max_new_tokens: int = Field(default=32, ge=1)
-    judge: Literal["auto", "containment", "rougeL", "similarity", "qa-similarity"] = "auto"
+    judge: Literal["audited", "auto", "containment", "rougeL", "similarity", "qa-similarity", "key-match"] = (
+        Field(
+            default="audited",
+            description="Main labels: 'audited' (audited labels; the best automatic judge where a row has "
+            "none), 'auto' (the best automatic judge alone) or one judge.",
+        )
+    )
+    labels: Path | None = Field(
+        default=None, description="Audited label JSONL (default: benchmarks/labels/<name>.jsonl for sets)."
+    )
     seed: int = 0
 
 
@@ -117,7 +128,9 @@ def _score(
 ) -> tuple[list[Score], float]:
     """Scores per answer and the pass's seconds per answer, reusing DIR/scores.jsonl where it matches."""
     path = config.out / "scores.jsonl"
-    setting = json.dumps({"model": scorer.model_name, "profile": scorer.profile.model_dump(mode="json")})
+    # Paraphrase directions only feed semgrad_para, which no bench method reads: they do not key the cache.
+    profile = scorer.profile.model_dump(mode="json", exclude={"directions"})
+    setting = json.dumps({"model": scorer.model_name, "profile": profile})
     cache = _jsonl_cache(path, lambda r: (r["question"], r["answer"], r["setting"]))
     keys = [(item.question, answer, setting) for item, (_, answer) in zip(items, pairs, strict=True)]
     missing = [i for i, key in enumerate(keys) if key not in cache]
@@ -168,10 +181,40 @@ def _forward_seconds(scorer: SemGradScorer, pairs: list[tuple[str, str]]) -> flo
     return (time.perf_counter() - start) / max(len(pairs), 1)
 
 
-def _auto_judge(items: Iterable[QAItem]) -> JudgeName:
-    """Containment for short reference answers (SciQ: median <= 3 words), similarity for sentences."""
-    words = [len(answer.split()) for item in items for answer in item.answers]
-    return "containment" if float(np.median(words)) <= 3 else "similarity"
+def _shown(path: Path) -> str:
+    """A path relative to the checkout where it lies inside it (results files stay machine-independent)."""
+    checkout = Path(__file__).resolve().parent.parent
+    resolved = path.resolve()
+    return str(resolved.relative_to(checkout)) if resolved.is_relative_to(checkout) else str(path)
+
+
+def _labels(
+    config: BenchConfig, items: list[QAItem], answers: list[str], judged: dict[JudgeName, list[int]]
+) -> tuple[str, dict[str, list[int]], list[str], list[AuditedLabel | None], dict[str, Any]]:
+    """The main label set's name, every label set, each row's source of main label, the audited matches."""
+    path = config.labels or find_labels(config.data)
+    audited = load_labels(path) if path is not None else {}
+    questions = [item.question for item in items]
+    merged, sources, found = resolve_labels(
+        audited, questions, answers, judged[FALLBACK_JUDGE], FALLBACK_JUDGE
+    )
+    matched = sum(label is not None for label in found)
+    sets: dict[str, list[int]] = ({"audited": merged} if matched else {}) | dict(judged)
+    if config.judge == "audited" and matched:
+        primary = "audited"
+    else:
+        primary = FALLBACK_JUDGE if config.judge in ("audited", "auto") else config.judge
+        sources = [primary] * len(items)
+    summary = {
+        "main": primary,
+        "audited_file": None if path is None else _shown(path),
+        "audited_rows": matched,
+        "fallback_judge": FALLBACK_JUDGE,
+        "fallback_rows": len(items) - matched,
+        "unsure_rows": sum(bool(label and label.unsure) for label in found),
+        "main_sources": {source: sources.count(source) for source in sorted(set(sources))},
+    }
+    return primary, sets, sources, found, summary
 
 
 def _versions() -> dict[str, str]:
@@ -210,13 +253,13 @@ def run_bench(
     embedder = embedder or SentenceEmbedder()
     config.out.mkdir(parents=True, exist_ok=True)
     items = load_qa(config.data)[: config.limit]
-    primary: JudgeName = _auto_judge(items) if config.judge == "auto" else config.judge
     started = time.perf_counter()
 
     greedy = _generate(scorer, items, config, 0, "generations.jsonl", "generating")
     answers = [record["texts"][0] for record in greedy]
     prompts = [qa_prompt(item.question) for item in items]
-    labels = judge_all([i.question for i in items], answers, [i.answers for i in items], embedder)
+    judged = judge_all([i.question for i in items], answers, [i.answers for i in items], embedder)
+    primary, labels, sources, audited, label_summary = _labels(config, items, answers, judged)
 
     pairs = list(zip(prompts, answers, strict=True))
     scores, pass_seconds = _score(scorer, items, pairs, config)
@@ -256,17 +299,20 @@ def run_bench(
         "profile": scorer.profile.model_dump(mode="json"),
         "data": {"source": config.data, "questions": len(items)},
         "primary_judge": primary,
-        "error_rate": {judge: float(np.mean(labels[judge])) for judge in JUDGES},
+        "labels": label_summary,
+        "error_rate": {name: float(np.mean(values)) for name, values in labels.items()},
         "cost_seconds_per_question": {m: costs[m] for m in wanted},
         "greedy_generation_seconds_per_question": float(np.mean([r["seconds"] for r in greedy])),
-        "metrics": {judge: {m: _metrics(labels[judge], columns[m]) for m in wanted} for judge in JUDGES},
+        "metrics": {
+            name: {m: _metrics(values, columns[m]) for m in wanted} for name, values in labels.items()
+        },
         "invalid_rows": sum(not s.valid for s in scores),
         "versions": _versions(),
         "machine": _machine(scorer),
     }
     results["flags"] = _flags(results)
     results["seconds_total"] = time.perf_counter() - started
-    _write_rows(config.out / "rows.csv", items, answers, labels, columns, wanted)
+    _write_rows(config.out / "rows.csv", items, answers, (primary, labels, sources, audited), columns, wanted)
     (config.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_report(config.out, results, labels, columns)
     return results
@@ -288,19 +334,28 @@ def _write_rows(
     path: Path,
     items: list[QAItem],
     answers: list[str],
-    labels: dict[JudgeName, list[int]],
+    labelled: tuple[str, dict[str, list[int]], list[str], list[AuditedLabel | None]],
     columns: dict[str, list[float]],
     methods: list[str],
 ) -> None:
+    """One row per question: the main label and its source, the audited label, every judge's, every score."""
+    primary, labels, sources, audited = labelled
+    header = ["question", "answer", "references", "label_source", "incorrect", "incorrect_audited"]
+    header += ["unsure_audited", *(f"incorrect_{j}" for j in JUDGES), *methods]
     with path.open("w", encoding="utf-8", newline="") as sink:
         writer = csv.writer(sink)
-        writer.writerow(["question", "answer", "references", *(f"incorrect_{j}" for j in JUDGES), *methods])
+        writer.writerow(header)
         for row, item in enumerate(items):
+            label = audited[row]
             writer.writerow(
                 [
                     item.question,
                     answers[row],
                     " | ".join(item.answers),
+                    sources[row],
+                    labels[primary][row],
+                    "" if label is None else label.incorrect,
+                    "" if label is None else int(label.unsure),
                     *(labels[j][row] for j in JUDGES),
                     *(columns[m][row] for m in methods),
                 ]

@@ -37,7 +37,7 @@ DEFAULT_CALIBRATION = Path(__file__).parent / "calibrations" / "smollm2-135m-ins
 """The shipped calibration of the embedded model, fitted on the dev questions (docs/calibration.md)."""
 
 _EPS = 1e-12
-_LOG_FIELDS = {"semgrad", "hybridgrad", "param_grad", "exgrad"}
+_LOG_FIELDS = {"semgrad", "hybridgrad", "param_grad", "exgrad", "semgrad_para"}
 
 
 def features(values: Mapping[str, float], fields: list[RawField]) -> np.ndarray:

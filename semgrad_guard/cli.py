@@ -21,6 +21,7 @@ from semgrad_guard.prompts import Prompt
 from semgrad_guard.report import markdown_table, write_calibration_report
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
+from semgrad_guard.speed import SpeedConfig, run_speed, speed_markdown
 from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps_table
 
 __all__ = ["main"]
@@ -62,7 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     bench.add_argument("--samples", type=int, default=10, help="K samples for sampling baselines (0 = none)")
     bench.add_argument("--max-new-tokens", type=int, default=32)
-    bench.add_argument("--judge", default="auto", choices=["auto", *JUDGES], help="labels for the main table")
+    bench.add_argument(
+        "--judge",
+        default="audited",
+        choices=["audited", "auto", *JUDGES],
+        help="labels of the main table: audited (default; rows without an audited label use the best "
+        "automatic judge), auto (the best automatic judge) or one judge",
+    )
+    bench.add_argument(
+        "--labels", type=Path, help="audited labels JSONL (default: benchmarks/labels/<set>.jsonl for sets)"
+    )
     bench.add_argument("--seed", type=int, default=0)
     calibrate = commands.add_parser(
         "calibrate", help="fit a calibration bundle (risk map + threshold) from labelled scores"
@@ -70,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--labels", type=Path, nargs="+", required=True, help="bench output folders and/or JSONL files"
     )
-    calibrate.add_argument("--judge", choices=JUDGES, help="label column of bench folders (default: primary)")
+    calibrate.add_argument(
+        "--judge", choices=["audited", *JUDGES], help="labels of bench folders (default: their main labels)"
+    )
     target = calibrate.add_mutually_exclusive_group()
     target.add_argument("--target-error", type=float, default=0.1, help="max error among accepted answers")
     target.add_argument("--target-coverage", type=float, help="min fraction of answers accepted instead")
@@ -78,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--out", type=Path, required=True, help="bundle JSON to write")
     calibrate.add_argument("--report", type=Path, help="folder for the calibration plot")
+    speed = commands.add_parser(
+        "bench-speed",
+        help="speed benchmark: naive vs fast pass vs a plain forward, self-scoring, throughput, sampling",
+    )
+    speed.add_argument("--out", type=Path, required=True, help="folder for speed.json and speed.md")
+    speed.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    speed.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    speed.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024, 2048], help="prompt tokens")
+    speed.add_argument("--answer-tokens", type=int, default=32)
+    speed.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
+    speed.add_argument("--callers", type=int, nargs="+", default=[1, 4, 16], help="concurrent callers")
+    speed.add_argument("--throughput-pairs", type=int, default=48)
+    speed.add_argument("--sampling-questions", type=int, default=5)
     profile = commands.add_parser(
         "profile",
         help="choose where SemGrad takes its gradient for a model, with the Semantic Preservation Score",
@@ -165,6 +191,7 @@ def _bench(args: argparse.Namespace) -> int:
         samples=args.samples,
         max_new_tokens=args.max_new_tokens,
         judge=args.judge,
+        labels=args.labels,
         seed=args.seed,
     )
     results = run_bench(config)
@@ -201,6 +228,24 @@ def _score_file(scorer: SemGradScorer, source: TextIO, sink: TextIO) -> int:
     return invalid
 
 
+def _speed(args: argparse.Namespace) -> int:
+    config = SpeedConfig(
+        out=args.out,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        prompt_lengths=tuple(args.lengths),
+        answer_tokens=args.answer_tokens,
+        repeats=args.repeats,
+        callers=tuple(args.callers),
+        throughput_pairs=args.throughput_pairs,
+        sampling_questions=args.sampling_questions,
+    )
+    print(speed_markdown(run_speed(config)))
+    print(f"wrote {args.out}/speed.json and speed.md")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a pair or file that could not be scored)."""
     args = _parser().parse_args(argv)
@@ -210,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _calibrate(args)
     if args.command == "profile":
         return _profile(args)
+    if args.command == "bench-speed":
+        return _speed(args)
     if (args.input is None) == (args.prompt is None or args.answer is None):
         _parser().error("give either --prompt and --answer, or --input")
     scorer = SemGradScorer(

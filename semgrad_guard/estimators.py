@@ -8,14 +8,39 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from semgrad_guard.statistics import PassStatistics
 
-__all__ = ["exgrad", "hybridgrad", "ln_nll", "max_token_nll", "mean_entropy", "nll", "param_grad", "semgrad"]
+__all__ = [
+    "exgrad",
+    "hybridgrad",
+    "ln_nll",
+    "max_token_nll",
+    "mean_entropy",
+    "nll",
+    "param_grad",
+    "semgrad",
+    "semgrad_para",
+]
 
 
 def semgrad(stats: PassStatistics) -> float:
     """SemGrad: mean |d loss / d h_l| at the profile position, over the scored layers."""
     return float(stats.hidden_grad.mean())
+
+
+def semgrad_para(stats: PassStatistics, directions: torch.Tensor) -> float:
+    """Norm of the gradient inside the paraphrase directions, averaged over the scored layers.
+
+    ``mean_l || U_l dL/dh_l[p] ||_2`` with ``U_l`` the (k, hidden) orthonormal directions of layer l
+    (:mod:`semgrad_guard.directions`), given as a (n_layers, k, hidden) tensor in the profile's layer order.
+    """
+    vectors = stats.hidden_grad_vectors
+    if directions.shape[0] != vectors.shape[0] or directions.shape[-1] != vectors.shape[-1]:
+        raise ValueError(f"directions {tuple(directions.shape)} do not fit gradients {tuple(vectors.shape)}")
+    coordinates = torch.einsum("lkh,lh->lk", directions.to(vectors), vectors)
+    return float(coordinates.norm(dim=-1).mean())
 
 
 def param_grad(stats: PassStatistics) -> float:

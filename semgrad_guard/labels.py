@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from semgrad_guard.bench import SINGLE_PASS
+from semgrad_guard.judges import FALLBACK_JUDGE
 
 __all__ = ["LabelledScores", "read_labelled"]
 
@@ -27,22 +29,46 @@ class LabelledScores(BaseModel):
     data: list[str]
 
 
+def _label(record: dict[str, str], judge: str, main: str, fallback: str) -> tuple[int, str]:
+    """A rows.csv row's label under ``judge`` and where it came from (audited, or a judge's name)."""
+    if judge == main and "incorrect" in record:
+        return int(record["incorrect"]), record.get("label_source") or judge
+    if judge == "audited":
+        if record.get("incorrect_audited", ""):
+            return int(record["incorrect_audited"]), "audited"
+        return int(record[f"incorrect_{fallback}"]), fallback
+    return int(record[f"incorrect_{judge}"]), judge
+
+
+def _describe(sources: list[str]) -> str:
+    """'audited', 'judge:NAME', or 'audited (N rows) + judge:NAME (M rows)' where they mix."""
+    counts = Counter(sources)
+    names = {s: "audited" if s == "audited" else f"judge:{s}" for s in counts}
+    if len(counts) == 1:
+        return names[sources[0]]
+    return " + ".join(f"{names[s]} ({n} rows)" for s, n in sorted(counts.items()))
+
+
 def _from_bench(folder: Path, judge: str | None) -> LabelledScores:
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    judge = judge or results["primary_judge"]
-    rows, wrong = [], []
+    main = results["primary_judge"]
+    fallback = results.get("labels", {}).get("fallback_judge", FALLBACK_JUDGE)
+    judge = judge or main
+    rows, wrong, sources = [], [], []
     with (folder / "rows.csv").open(encoding="utf-8", newline="") as source:
         for record in csv.DictReader(source):
             values = {field: float(record[method]) for method, field in SINGLE_PASS.items()}
             if all(math.isfinite(v) for v in values.values()):
+                label, origin = _label(record, judge, main, fallback)
                 rows.append(values)
-                wrong.append(int(record[f"incorrect_{judge}"]))
+                wrong.append(label)
+                sources.append(origin)
     return LabelledScores(
         rows=rows,
         wrong=wrong,
         model=results["model"],
         profile_name=results["profile"]["name"],
-        labels=f"judge:{judge}",
+        labels=_describe(sources),
         data=[f"{results['data']['source']} ({results['data']['questions']} questions)"],
     )
 

@@ -3,7 +3,9 @@
 A profile holds an offset counted back from the end of the prompt (``-4`` is the fourth token from the end)
 and the hidden-state layers to average over (``None`` means the last half, ``L - L//2 .. L-1``, as in the
 paper). ``anchor`` is the token the position is meant to land on; the scorer checks it on every prompt, so a
-template that moves the position into the question is caught instead of silently scored.
+template that moves the position into the question is caught instead of silently scored. ``directions`` names
+an optional file of paraphrase directions at that position and those layers (:mod:`semgrad_guard.directions`),
+from which the scorer computes ``semgrad_para``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class ModelProfile(BaseModel):
     )
     anchor: str | None = Field(default=None, description="Token the position must land on, if any.")
     source: ProfileSource = "user"
+    directions: str | None = Field(
+        default=None,
+        description="Paraphrase directions file (.safetensors) for semgrad_para: a path, or a name next to "
+        "the profile JSON or among the built-in files. None: no semgrad_para.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -68,9 +75,17 @@ class ModelProfile(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ModelProfile:
-        """Read a profile written by :meth:`save`, or the one inside a saved SPS result (``profile`` key)."""
+        """Read a profile written by :meth:`save`, or the one inside a saved SPS result (``profile`` key).
+
+        A ``directions`` file named relative to the JSON's folder (as saving writes it) becomes absolute.
+        """
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls.model_validate(data.get("profile", data))
+        profile = cls.model_validate(data.get("profile", data))
+        if profile.directions is not None and not Path(profile.directions).is_absolute():
+            beside = Path(path).resolve().parent / profile.directions
+            if beside.is_file():
+                profile = profile.model_copy(update={"directions": str(beside)})
+        return profile
 
 
 def _model_type(config: Any) -> str:
@@ -80,7 +95,13 @@ def _model_type(config: Any) -> str:
 # (profile, test on (model name, model type, chat template)), tried in order.
 BUILTIN_PROFILES: tuple[tuple[ModelProfile, Callable[[str, str, str], bool]], ...] = (
     (
-        ModelProfile(name="smollm2", offset=-4, anchor="<|im_start|>", source="provisional"),
+        ModelProfile(
+            name="smollm2",
+            offset=-4,
+            anchor="<|im_start|>",
+            source="provisional",
+            directions="smollm2-135m-instruct.directions.safetensors",
+        ),
         lambda name, mtype, template: "smollm2" in name.lower() and "<|im_start|>" in template,
     ),
     (

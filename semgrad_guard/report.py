@@ -10,17 +10,31 @@ import numpy as np
 
 from semgrad_guard import metrics
 
-__all__ = ["markdown_table", "write_calibration_report", "write_report"]
+__all__ = ["label_description", "markdown_table", "write_calibration_report", "write_report"]
+
+
+def label_description(results: dict[str, Any]) -> str:
+    """Which labels the main table uses, and how many rows fell back to an automatic judge."""
+    primary = results["primary_judge"]
+    summary = results.get("labels")
+    if primary != "audited" or summary is None:
+        return f"labels from the `{primary}` judge"
+    fallback = summary["fallback_rows"]
+    text = f"audited labels ({summary['audited_rows']} rows, {summary['unsure_rows']} of them marked unsure)"
+    if fallback:
+        return f"{text}; {fallback} rows without one use the `{summary['fallback_judge']}` judge"
+    return f"{text}; no row fell back to an automatic judge"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """Every method under the primary judge, then AUROC under each judge, then any flags."""
+    """Every method under the main labels, then AUROC under each label set, then any flags."""
     primary = results["primary_judge"]
     costs = results["cost_seconds_per_question"]
     lines = [
         f"Model `{results['model']}`, data `{results['data']['source']}` ({results['data']['questions']} "
-        f"questions), labels from the `{primary}` judge (error rate {results['error_rate'][primary]:.1%}).",
-        "Incorrect = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval.",
+        f"questions), {label_description(results)} (error rate {results['error_rate'][primary]:.1%}).",
+        "Incorrect = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval. "
+        "`combined` is fitted out of fold on these labels.",
         "",
         "| method | AUROC [95% CI] | AUPRC | PRR | AURC | cost s/question |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -32,14 +46,14 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {m['aurc']:.3f} | {costs[method]:.3f} |"
         )
     judges = list(results["metrics"])
-    lines += ["", "AUROC under each judge (error rate in the header):", ""]
+    lines += ["", "AUROC under each label set, scores unchanged (error rate in the header):", ""]
     lines.append("| method | " + " | ".join(f"{j} ({results['error_rate'][j]:.0%})" for j in judges) + " |")
     lines.append("| --- |" + " --- |" * len(judges))
     for method in results["metrics"][primary]:
         values = " | ".join(f"{results['metrics'][j][method]['auroc']:.3f}" for j in judges)
         lines.append(f"| {method} | {values} |")
     if results["flags"]:
-        lines += ["", "Flags (a sanity baseline beats the methods: the judge may be measuring length):", ""]
+        lines += ["", "Flags (a sanity baseline beats the methods: the labels may be measuring length):", ""]
         lines += [f"- {flag}" for flag in results["flags"]]
     return "\n".join(lines) + "\n"
 
@@ -80,12 +94,17 @@ def write_report(
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(6, 4.5))
-    for method in methods:
-        cost = results["cost_seconds_per_question"][method]
-        if cost > 0:
-            axis.scatter(cost, results["metrics"][primary][method]["auroc"])
-            axis.annotate(method, (cost, results["metrics"][primary][method]["auroc"]), fontsize=7)
-    axis.set(xscale="log", xlabel="seconds per question (log)", ylabel="AUROC", title="cost vs AUROC")
+    points = [
+        (method, results["cost_seconds_per_question"][method], results["metrics"][primary][method]["auroc"])
+        for method in methods
+    ]
+    points = [(m, cost, value) for m, cost, value in points if cost > 0 and np.isfinite(value)]
+    for method, cost, value in points:  # AUROC is undefined when the labels hold one class only
+        axis.scatter(cost, value)
+        axis.annotate(method, (cost, value), fontsize=7)
+    axis.set(xlabel="seconds per question (log)", ylabel="AUROC", title=f"cost vs AUROC ({primary} labels)")
+    if points:
+        axis.set_xscale("log")
     figure.tight_layout()
     figure.savefig(out / "cost_auroc.png", dpi=110)
     plt.close(figure)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from semgrad_guard import estimators
@@ -15,9 +16,18 @@ from semgrad_guard.statistics import EncodedPair, PassStatistics
 __all__ = ["RawField", "Score", "ScoredGeneration"]
 
 RawField = Literal[
-    "semgrad", "hybridgrad", "param_grad", "exgrad", "mean_entropy", "nll", "ln_nll", "max_token_nll"
+    "semgrad",
+    "hybridgrad",
+    "param_grad",
+    "exgrad",
+    "mean_entropy",
+    "nll",
+    "ln_nll",
+    "max_token_nll",
+    "semgrad_para",
 ]
-"""The raw scores a threshold can be set on; higher is more uncertain for each."""
+"""The raw scores a threshold can be set on; higher is more uncertain for each (``semgrad_para`` only where
+the profile has paraphrase directions)."""
 
 
 class Score(BaseModel):
@@ -46,6 +56,11 @@ class Score(BaseModel):
     nll: float | None = Field(default=None, description="Sum of answer-token NLLs (PE).")
     ln_nll: float | None = Field(default=None, description="Mean answer-token NLL (LN-PE).")
     max_token_nll: float | None = Field(default=None, description="Largest answer-token NLL.")
+    semgrad_para: float | None = Field(
+        default=None,
+        description="Mean over layers of the norm of dL/dh projected onto the profile's paraphrase "
+        "directions; None when the profile has none.",
+    )
     n_answer_tokens: int | None = Field(
         default=None, description="Answer tokens scored, end-of-turn included."
     )
@@ -61,9 +76,16 @@ class Score(BaseModel):
 
     @classmethod
     def from_statistics(
-        cls, stats: PassStatistics, pair: EncodedPair, *, model: str, profile: ModelProfile, seconds: float
+        cls,
+        stats: PassStatistics,
+        pair: EncodedPair,
+        *,
+        model: str,
+        profile: ModelProfile,
+        seconds: float,
+        directions: torch.Tensor | None = None,
     ) -> Score:
-        """Build a Score from one pass's statistics."""
+        """Build a Score from one pass's statistics (``semgrad_para`` when ``directions`` are given)."""
         return cls(
             model=model,
             semgrad=estimators.semgrad(stats),
@@ -74,6 +96,7 @@ class Score(BaseModel):
             nll=estimators.nll(stats),
             ln_nll=estimators.ln_nll(stats),
             max_token_nll=estimators.max_token_nll(stats),
+            semgrad_para=None if directions is None else estimators.semgrad_para(stats, directions),
             n_answer_tokens=len(pair.answer_ids),
             n_prompt_tokens=len(pair.prompt_ids),
             position=pair.position,
@@ -97,7 +120,10 @@ class Score(BaseModel):
             raise InvalidInputError(f"this pair was not scored: {self.invalid_reason}")
         if threshold is not None:
             value = getattr(self, field)
-            assert value is not None
+            if value is None:
+                raise ValueError(
+                    f"this score has no {field!r} (semgrad_para needs a profile with directions)"
+                )
             return bool(value > threshold)
         if self.low_confidence is None:
             raise NoThresholdError(
@@ -109,7 +135,8 @@ class Score(BaseModel):
     def is_finite(self) -> bool:
         """Whether every numeric score is a finite number."""
         values = (self.semgrad, self.hybridgrad, self.param_grad, self.mean_entropy, self.nll)
-        return all(v is not None and math.isfinite(v) for v in values)
+        optional = self.semgrad_para is None or math.isfinite(self.semgrad_para)
+        return optional and all(v is not None and math.isfinite(v) for v in values)
 
 
 class ScoredGeneration(BaseModel):

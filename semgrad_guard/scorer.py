@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from semgrad_guard.batching import BatchingConfig, MicroBatcher
 from semgrad_guard.calibration import CalibrationBundle, load_calibration
+from semgrad_guard.directions import profile_directions
 from semgrad_guard.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -74,6 +75,7 @@ class SemGradScorer:
         profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON,
             ``None`` for the built-in profile of the model's family (template rule otherwise), or
             ``"auto"`` to compute it with SPS (:mod:`semgrad_guard.sps`) once and cache it per model.
+            A profile that names paraphrase directions also fills ``Score.semgrad_para``.
         batch_size: the most pairs in one forward/backward pass.
         max_length: refuse pairs longer than this many tokens (default: the model's context length).
         trust_remote_code: let transformers run code shipped with the model (off by default).
@@ -138,6 +140,7 @@ class SemGradScorer:
         self._loaded: LoadedModel | None = None
         self._format: ChatFormat | None = None
         self._profile: ModelProfile | None = None
+        self._directions: torch.Tensor | None = None
         self._calibration_source = calibration
         self._calibration: CalibrationBundle | None = None
         self._batcher = MicroBatcher(self._pass, self.config.batching, self.config.batch_size)
@@ -155,6 +158,8 @@ class SemGradScorer:
                 else:
                     profile = self._requested_profile or resolve_profile(model, tokenizer, name)
                 self._profile = profile.resolved(num_layers(self._loaded.model))
+                hidden_size = int(model.get_input_embeddings().weight.shape[-1])
+                self._directions = profile_directions(self._profile, hidden_size)
                 if self._calibration_source is not None:
                     self._calibration = load_calibration(self._calibration_source, self._loaded.name)
         return self
@@ -193,6 +198,12 @@ class SemGradScorer:
     def profile(self) -> ModelProfile:
         """The profile in use, with its layers written out."""
         return self._ready()[2]
+
+    @property
+    def directions(self) -> torch.Tensor | None:
+        """The profile's paraphrase directions (n_layers, k, hidden) behind ``semgrad_para``, if any."""
+        self._ready()
+        return self._directions
 
     @property
     def calibration(self) -> CalibrationBundle | None:
@@ -380,7 +391,9 @@ class SemGradScorer:
             )
             seconds = time.perf_counter() - start
         return [
-            Score.from_statistics(stat, pair, model=loaded.name, profile=profile, seconds=seconds)
+            Score.from_statistics(
+                stat, pair, model=loaded.name, profile=profile, seconds=seconds, directions=self._directions
+            )
             for pair, stat in zip(pairs, stats, strict=True)
         ]
 

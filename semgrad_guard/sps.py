@@ -13,6 +13,9 @@ causal LM from questions and their paraphrases, with forward passes only:
    states look alike), and the contrast with other questions means a state that is merely similar for
    every prompt scores 0, not 1. Paraphrase-to-question retrieval accuracy is kept beside it.
 4. A layer band's SPS is the mean over its layers; the (offset, band) with the highest SPS is the profile.
+5. The same hidden states give the paraphrase directions at the chosen place
+   (:mod:`semgrad_guard.directions`), saved next to the profile for ``semgrad_para``;
+   :func:`fit_directions` fits them for any given profile.
 """
 
 from __future__ import annotations
@@ -29,11 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from tqdm.auto import tqdm
 
 from semgrad_guard.cache import cache_dir
 from semgrad_guard.datasets import QAItem, load_qa, qa_prompt
+from semgrad_guard.directions import (
+    DEFAULT_DIRECTIONS,
+    ParaphraseDirections,
+    directions_file,
+    paraphrase_differences,
+    principal_directions,
+    resolve_directions,
+)
 from semgrad_guard.profiles import ModelProfile
 from semgrad_guard.prompts import ChatFormat, Prompt
 from semgrad_guard.statistics import decoder_layers, num_layers
@@ -45,6 +56,8 @@ __all__ = [
     "auto_profile",
     "capture_hidden_states",
     "compute_sps",
+    "encode_items",
+    "fit_directions",
     "layer_bands",
     "load_default_items",
     "preservation_scores",
@@ -96,15 +109,38 @@ class SPSResult(BaseModel):
     probes: dict[str, str] = Field(description="Token at the chosen offset for each prompt shape.")
     warnings: list[str] = Field(default_factory=list)
     seconds: float
+    _directions: ParaphraseDirections | None = PrivateAttr(default=None)
 
-    def save(self, path: str | Path) -> None:
-        """Write the result as JSON; ``ModelProfile.load`` and ``SemGradScorer(profile=path)`` read it."""
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    @property
+    def directions(self) -> ParaphraseDirections | None:
+        """The paraphrase directions at the chosen profile (computed, or read from the file it names)."""
+        if self._directions is None and self.profile.directions is not None:
+            self._directions = ParaphraseDirections.load(resolve_directions(self.profile.directions))
+        return self._directions
+
+    def save(self, path: str | Path, *, directions_path: str | Path | None = None) -> None:
+        """Write the result as JSON; ``ModelProfile.load`` and ``SemGradScorer(profile=path)`` read it.
+
+        Paraphrase directions computed with it go to ``directions_path`` (default: beside the JSON,
+        ``<name>.directions.safetensors``), and the saved profile names that file.
+        """
+        path = Path(path)
+        result = self
+        if self._directions is not None:
+            target = Path(directions_path) if directions_path else directions_file(path)
+            self._directions.save(target)
+            beside = target.resolve().parent == path.resolve().parent
+            reference = target.name if beside else str(target.resolve())
+            result = self.model_copy(
+                update={"profile": self.profile.model_copy(update={"directions": reference})}
+            )
+        path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> SPSResult:
-        """Read a result written by :meth:`save`."""
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        """Read a result written by :meth:`save` (its profile as :meth:`ModelProfile.load` reads it)."""
+        result = cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        return result.model_copy(update={"profile": ModelProfile.load(path)})
 
 
 def load_default_items() -> list[QAItem]:
@@ -212,6 +248,97 @@ def _tail_states(
     return result
 
 
+def encode_items(
+    tokenizer: Any, items: Sequence[QAItem], max_paraphrases: int = 4
+) -> tuple[list[list[int]], list[int]]:
+    """Production prompts of every question and its paraphrases, and each prompt's source row.
+
+    ``source[i]`` is the row of prompt i's original question (a question is its own source).
+    """
+    chat = ChatFormat(tokenizer)
+    prompts: list[list[int]] = []
+    source: list[int] = []
+    for item in items:
+        first = len(prompts)
+        for text in [item.question, *item.paraphrases[:max_paraphrases]]:
+            prompts.append(chat.encode_prompt(qa_prompt(text)))
+            source.append(first)
+    return prompts, source
+
+
+def _directions(
+    states: torch.Tensor,
+    source: list[int],
+    k: int,
+    profile: ModelProfile,
+    *,
+    name: str,
+    data: str,
+    n_questions: int,
+) -> ParaphraseDirections:
+    """Directions from hidden states (prompts, layers, width) already taken at the profile's place."""
+    assert profile.layers is not None
+    differences = paraphrase_differences(states, source)
+    vectors, singular, energy = principal_directions(differences, k)
+    return ParaphraseDirections(
+        vectors=vectors,
+        singular_values=singular,
+        energy=energy,
+        layers=tuple(profile.layers),
+        offset=profile.offset,
+        model=name,
+        data=data,
+        n_questions=n_questions,
+        n_differences=len(differences),
+    )
+
+
+def fit_directions(
+    model: Any,
+    tokenizer: Any,
+    profile: ModelProfile,
+    items: Sequence[QAItem] | None = None,
+    *,
+    k: int = DEFAULT_DIRECTIONS,
+    name: str = "model",
+    data: str | None = None,
+    max_paraphrases: int = 4,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> ParaphraseDirections:
+    """Paraphrase directions at a given profile's position and layers: forward passes only, model unchanged.
+
+    Per layer, the top-``k`` principal components (about zero) of the hidden-state differences paraphrase
+    minus original question (:mod:`semgrad_guard.directions`). ``items`` default to the shipped set. When the
+    profile names an anchor, every prompt must have it at the offset (``ValueError`` otherwise).
+    """
+    if items is None:
+        items, data = load_default_items(), data or DEFAULT_DATA
+    usable = [item for item in items if item.paraphrases]
+    if not usable:
+        raise ValueError("paraphrase directions need questions that have paraphrases")
+    layer_count = num_layers(model)
+    profile = profile.resolved(layer_count)
+    assert profile.layers is not None
+    prompts, source = encode_items(tokenizer, usable, max_paraphrases)
+    if min(len(p) for p in prompts) < -profile.offset:
+        raise ValueError(f"a prompt is shorter than offset {profile.offset}")
+    if profile.anchor is not None:
+        found = {tokenizer.convert_ids_to_tokens(p[profile.offset]) for p in prompts}
+        if found != {profile.anchor}:
+            raise ValueError(f"offset {profile.offset} lands on {sorted(found)}, not {profile.anchor!r}")
+    states = _tail_states(model, prompts, [profile.offset], layer_count, batch_size, progress)
+    return _directions(
+        states[:, 0, list(profile.layers)],
+        source,
+        k,
+        profile,
+        name=name,
+        data=data or "user items",
+        n_questions=len(usable),
+    )
+
+
 def _probe_tokens(tokenizer: Any, offset: int) -> dict[str, str]:
     chat = ChatFormat(tokenizer)
     found = {}
@@ -234,6 +361,7 @@ def compute_sps(
     max_paraphrases: int = 4,
     batch_size: int = 16,
     progress: bool = False,
+    directions: int = DEFAULT_DIRECTIONS,
 ) -> SPSResult:
     """Compute SPS for every (offset, layer) and choose the profile: forward passes only, model unchanged.
 
@@ -250,6 +378,8 @@ def compute_sps(
         max_paraphrases: paraphrases used per question.
         batch_size: prompts per forward pass.
         progress: show a progress bar.
+        directions: paraphrase directions kept per layer at the chosen place (0: none); written next to the
+            JSON by :meth:`SPSResult.save` and named by the saved profile, for ``semgrad_para``.
     """
     start = time.perf_counter()
     if items is None:
@@ -264,14 +394,7 @@ def compute_sps(
     if not offsets or max(offsets) >= 0:
         raise ValueError("offsets must be negative positions counted from the end of the prompt")
 
-    chat = ChatFormat(tokenizer)
-    prompts: list[list[int]] = []
-    source: list[int] = []
-    for item in usable:
-        first = len(prompts)
-        for text in [item.question, *item.paraphrases[:max_paraphrases]]:
-            prompts.append(chat.encode_prompt(qa_prompt(text)))
-            source.append(first)
+    prompts, source = encode_items(tokenizer, usable, max_paraphrases)
     if min(len(p) for p in prompts) < -offsets[0]:
         raise ValueError(f"a prompt is shorter than offset {offsets[0]}")
 
@@ -299,7 +422,7 @@ def compute_sps(
     warnings = _warnings(profile, tokens[pick], probes)
     for warning in warnings:
         logger.warning("SPS profile for %s: %s", name, warning)
-    return SPSResult(
+    result = SPSResult(
         profile=profile,
         model=name,
         data=data or "user items",
@@ -317,6 +440,17 @@ def compute_sps(
         warnings=warnings,
         seconds=time.perf_counter() - start,
     )
+    if directions:
+        result._directions = _directions(
+            states[:, pick, list(profile.layers or ())],
+            source,
+            directions,
+            profile,
+            name=name,
+            data=result.data,
+            n_questions=len(usable),
+        )
+    return result
 
 
 def _warnings(profile: ModelProfile, token: str, probes: dict[str, str]) -> list[str]:
@@ -376,6 +510,6 @@ def auto_profile(model: Any, tokenizer: Any, name: str) -> ModelProfile:
     result = compute_sps(model, tokenizer, name=name, progress=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
-    result.save(partial)
+    result.save(partial, directions_path=directions_file(path))  # the directions file first, atomically
     partial.replace(path)  # atomic: a process scoring with the same model never reads half a file
-    return result.profile
+    return ModelProfile.load(path)

@@ -77,6 +77,31 @@ def test_small_run_writes_everything(embedded: SemGradScorer, tmp_path: Path) ->
     run_bench(config, scorer=embedded)  # cached: nothing generated or scored again
     assert {name: (tmp_path / name).read_text() for name in cached} == cached
 
+    # Audited labels apply to the exact answer only; the other rows fall back to the key-match judge.
+    labels = tmp_path / "labels.jsonl"
+    first, second = rows[0], rows[1]
+    labels.write_text(
+        json.dumps({"question": first["question"], "answer": first["answer"], "incorrect": 1, "unsure": True})
+        + "\n"
+        + json.dumps(
+            {"question": second["question"], "answer": second["answer"] + " (edited)", "incorrect": 1}
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    audited = run_bench(config.model_copy(update={"labels": labels, "samples": 0}), scorer=embedded)
+    assert audited["primary_judge"] == "audited"
+    assert audited["labels"]["audited_rows"] == 1 and audited["labels"]["fallback_rows"] == 11
+    with (tmp_path / "rows.csv").open(encoding="utf-8") as source:
+        relabelled = list(csv.DictReader(source))
+    assert relabelled[0]["label_source"] == "audited" and relabelled[0]["incorrect"] == "1"
+    assert relabelled[0]["unsure_audited"] == "1"
+    assert {r["label_source"] for r in relabelled[1:]} == {"key-match"}
+    assert all(
+        r["incorrect"] == r["incorrect_key-match"] and r["incorrect_audited"] == "" for r in relabelled[1:]
+    )
+    assert "1 rows, 1 of them marked unsure" in (tmp_path / "results.md").read_text()
+
     bundle_path = tmp_path / "bundle.json"
     assert (
         main(["calibrate", "--labels", str(tmp_path), "--target-coverage", "0.5", "--out", str(bundle_path)])

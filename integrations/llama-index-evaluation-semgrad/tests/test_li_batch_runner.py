@@ -40,7 +40,8 @@ def _same(a: EvaluationResult, b: EvaluationResult) -> None:
     if a.score is None or b.score is None:
         assert a.score is b.score
     else:
-        assert a.score == pytest.approx(b.score, rel=1e-9, abs=0.0)
+        # Concurrent evaluations share padded passes (micro-batching): equal to batched-scoring precision.
+        assert a.score == pytest.approx(b.score, rel=1e-5, abs=0.0)
 
 
 def test_batch_eval_runner_with_workers_equals_sequential(

@@ -98,4 +98,5 @@ def test_concurrent_queries_keep_their_own_scores(li_scorer: SemGradScorer) -> N
     for query, response in zip(queries, asyncio.run(run()), strict=True):
         assert response.response == f"It is {query.split()[-1]}"
         expected = li_scorer.score(query, response.response)
-        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-9)
+        # concurrent queries share a padded pass: equal to batched-scoring precision
+        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-5)

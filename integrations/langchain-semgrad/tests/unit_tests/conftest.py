@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -71,6 +72,9 @@ class FakeScorer(SemGradScorer):
             risk = 0.9 if unsure else 0.1
             return Score(model="fake", semgrad=0.0, risk=risk, confidence=1 - risk, low_confidence=unsure)
         return Score(model="fake", semgrad=1.0 if unsure else 0.0)
+
+    async def ascore(self, prompt: Prompt, answer: str, *, errors: Any = "raise") -> Score:
+        return await asyncio.to_thread(self.score, prompt, answer, errors=errors)
 
 
 @pytest.fixture
