@@ -8,7 +8,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+from pydantic import BaseModel
 
 from semgrad_guard.bench import METHODS, BenchConfig, run_bench
 from semgrad_guard.datasets import load_qa
@@ -25,6 +27,8 @@ from semgrad_guard.speed import SpeedConfig, run_speed, speed_markdown
 from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps_table
 
 __all__ = ["main"]
+
+Config = TypeVar("Config", bound=BaseModel)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
     speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     speed.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    speed.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024, 2048], help="prompt tokens")
+    speed.add_argument(
+        "--lengths",
+        dest="prompt_lengths",
+        type=int,
+        nargs="+",
+        default=[64, 256, 1024, 2048],
+        help="prompt tokens",
+    )
     speed.add_argument("--answer-tokens", type=int, default=32)
     speed.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
     speed.add_argument("--callers", type=int, nargs="+", default=[1, 4, 16], help="concurrent callers")
@@ -181,20 +192,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(kind: type[Config], args: argparse.Namespace) -> Config:
+    """A config model from the parsed flags, whose destinations are named as its fields."""
+    return kind.model_validate({k: v for k, v in vars(args).items() if k in kind.model_fields})
+
+
 def _bench(args: argparse.Namespace) -> int:
-    config = BenchConfig(
-        data=args.data,
-        out=args.out,
-        model=args.model,
-        limit=args.limit,
-        methods=tuple(args.methods),
-        samples=args.samples,
-        max_new_tokens=args.max_new_tokens,
-        judge=args.judge,
-        labels=args.labels,
-        seed=args.seed,
-    )
-    results = run_bench(config)
+    results = run_bench(_config(BenchConfig, args))
     print(markdown_table(results))
     print(
         f"wrote {args.out}/results.json, rows.csv, results.md and plots in {results['seconds_total']:.0f} s"
@@ -229,19 +233,7 @@ def _score_file(scorer: SemGradScorer, source: TextIO, sink: TextIO) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    config = SpeedConfig(
-        out=args.out,
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        prompt_lengths=tuple(args.lengths),
-        answer_tokens=args.answer_tokens,
-        repeats=args.repeats,
-        callers=tuple(args.callers),
-        throughput_pairs=args.throughput_pairs,
-        sampling_questions=args.sampling_questions,
-    )
-    print(speed_markdown(run_speed(config)))
+    print(speed_markdown(run_speed(_config(SpeedConfig, args))))
     print(f"wrote {args.out}/speed.json and speed.md")
     return 0
 
