@@ -260,10 +260,14 @@ def _fast(
         keys, values = [], []
         for prefix, start in zip(prefixes, starts, strict=True):
             key, value = prefix.layers[index]
-            pad = (0, 0, width - start, 0)
-            keys.append(torch.nn.functional.pad(key[:, :, :start], pad))
-            values.append(torch.nn.functional.pad(value[:, :, :start], pad))
-        cache_data.append((torch.cat(keys), torch.cat(values)))
+            pad = (0, 0, width - start, 0)  # no copy where a row needs no padding
+            keys.append(
+                torch.nn.functional.pad(key[:, :, :start], pad) if width > start else key[:, :, :start]
+            )
+            values.append(
+                torch.nn.functional.pad(value[:, :, :start], pad) if width > start else value[:, :, :start]
+            )
+        cache_data.append((torch.cat(keys), torch.cat(values)) if len(keys) > 1 else (keys[0], values[0]))
     for row, (pair, start) in enumerate(zip(pairs, starts, strict=True)):
         tokens = (pair.prompt_ids + pair.answer_ids)[start:]
         ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
@@ -341,9 +345,12 @@ def _statistics(
     keep = torch.unique(torch.cat(steps))
     row_of = torch.full((width,), -1, dtype=torch.long, device=device)
     row_of[keep] = torch.arange(len(keep), device=device)
+    # Each pair's steps are a contiguous range inside the sorted union, so its kept rows are a slice (whose
+    # backward is a cheap copy, where indexing by a tensor would scatter into the logits).
+    kept = [slice(int(row_of[step[0]]), int(row_of[step[0]]) + len(step)) for step in steps]
     losses, ce_losses, nlls, entropies = [], [], [], []
-    for row, (pair, step) in enumerate(zip(pairs, steps, strict=True)):
-        log_probs = torch.log_softmax(logits[row, row_of[step]].float(), dim=-1)
+    for row, pair in enumerate(pairs):
+        log_probs = torch.log_softmax(logits[row, kept[row]].float(), dim=-1)
         targets = torch.tensor(pair.answer_ids, device=device)
         token_log_prob = log_probs.gather(1, targets[:, None]).squeeze(1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
@@ -358,16 +365,16 @@ def _statistics(
     grads = torch.autograd.grad(torch.stack(losses).sum(), [*hidden_states, head_output])
 
     results = []
-    for row, (step, position) in enumerate(zip(steps, positions, strict=True)):
+    for row, position in enumerate(positions):
         hidden_grad = torch.stack([g[row, position].abs().float().mean() for g in grads[:-1]])
-        answer_hidden = head_input[row, row_of[step]].detach()
+        answer_hidden = head_input[row, kept[row]].detach()
         results.append(
             PassStatistics(
                 token_nll=nlls[row].double().cpu(),
                 token_entropy=entropies[row].double().cpu(),
                 hidden_grad=hidden_grad.double().cpu(),
-                output_grad=_output_grad_mean(grads[-1][row, row_of[step]], answer_hidden),
-                output_grad_ce=_output_grad_mean(ce_dlogits[row, row_of[step]], answer_hidden),
+                output_grad=_output_grad_mean(grads[-1][row, kept[row]], answer_hidden),
+                output_grad_ce=_output_grad_mean(ce_dlogits[row, kept[row]], answer_hidden),
                 hidden_grad_vectors=torch.stack([g[row, position] for g in grads[:-1]]).double().cpu(),
             )
         )

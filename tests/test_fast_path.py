@@ -125,3 +125,17 @@ def test_sliding_window_cache_falls_back_to_naive(tokenizer: Any) -> None:
         cache = output_cache(scorer.model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True))
     assert prefix_from_cache(cache, 2) is None  # sliding layers: the fast path must not reuse this cache
     both(scorer, [scorer._encode(prompt, answer) for prompt, answer in PAIRS[:2]])
+
+
+def test_batch_mixing_reused_and_computed_prompt_caches(make_tiny: Callable[..., SemGradScorer]) -> None:
+    scorer = make_tiny(tied=False)
+    model, layers = scorer.model, scorer.profile.layers
+    pairs = [scorer._encode(prompt, answer) for prompt, answer in PAIRS]
+    with torch.no_grad():
+        cache = output_cache(model(input_ids=torch.tensor([pairs[2].prompt_ids]), use_cache=True))
+    mixed = [pairs[0], replace(pairs[2], prefix=prefix_from_cache(cache, pairs[2].start)), pairs[1]]
+    fast = gradient_statistics(model, mixed, layers, num_layers(model))
+    assert_same(
+        fast,
+        gradient_statistics(model, pairs[:1] + pairs[2:] + pairs[1:2], layers, num_layers(model), "naive"),
+    )
