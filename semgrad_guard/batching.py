@@ -134,24 +134,33 @@ class MicroBatcher(Generic[Item, Result]):
         return batches
 
     def _execute(self, batch: list[tuple[Item, Future[Result]]]) -> None:
-        """Run one pass; on out-of-memory run the halves; never let an error escape the worker."""
+        """Run one pass; on out-of-memory run the halves; never let an error escape the worker.
+
+        The halves run after the ``except`` block is left: inside it, the traceback still holds the failed
+        pass's frames and so its activations, and the retry would run out of memory again.
+        """
+        out_of_memory: str | None = None
         try:
             results = self._run([item for item, _ in batch])
         except torch.OutOfMemoryError as exc:
-            if len(batch) == 1:
-                batch[0][1].set_exception(
-                    ScorerOutOfMemoryError(f"one pair of {batch[0][0].length} tokens does not fit: {exc}")
-                )
-                return
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            middle = len(batch) // 2
-            self._execute(batch[:middle])
-            self._execute(batch[middle:])
-            return
+            out_of_memory = str(exc)  # the message only: the exception and its frames are freed below
         except Exception as exc:  # the caller gets the error; the worker keeps serving
             for _, future in batch:
                 future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            future.set_result(result)
+        if out_of_memory is None:
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+            return
+        if len(batch) == 1:
+            batch[0][1].set_exception(
+                ScorerOutOfMemoryError(
+                    f"one pair of {batch[0][0].length} tokens does not fit: {out_of_memory}"
+                )
+            )
+            return
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        middle = len(batch) // 2
+        self._execute(batch[:middle])
+        self._execute(batch[middle:])

@@ -29,6 +29,7 @@ from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps
 __all__ = ["main"]
 
 Config = TypeVar("Config", bound=BaseModel)
+DTYPES = ["auto", "float64", "float32", "bfloat16", "float16"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     model = score.add_argument_group("model")
     model.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    model.add_argument("--dtype", default="auto", choices=DTYPES)
     model.add_argument("--profile", type=Path, help="a model profile saved as JSON")
     model.add_argument("--batch-size", type=int, default=8, help="pairs per pass (default: 8)")
     model.add_argument("--max-length", type=int, help="refuse pairs longer than this many tokens")
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--out", type=Path, required=True, help="folder for speed.json and speed.md")
     speed.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
     speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    speed.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    speed.add_argument("--dtype", default="auto", choices=DTYPES)
     speed.add_argument(
         "--lengths",
         dest="prompt_lengths",
@@ -115,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--callers", type=int, nargs="+", default=[1, 4, 16], help="concurrent callers")
     speed.add_argument("--throughput-pairs", type=int, default=48)
     speed.add_argument("--sampling-questions", type=int, default=5)
+    precision = commands.add_parser(
+        "bench-precision",
+        help="how far scores move with dtype, batching, pass mode and threads, against float64",
+    )
+    precision.add_argument(
+        "--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)"
+    )
     profile = commands.add_parser(
         "profile",
         help="choose where SemGrad takes its gradient for a model, with the Semantic Preservation Score",
@@ -130,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--offsets", type=int, nargs="+", help="candidate offsets (default: template tail)")
     profile.add_argument("--band-width", type=int, help="layers per candidate band (default: half)")
     profile.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    profile.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    profile.add_argument("--dtype", default="auto", choices=DTYPES)
     profile.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default: 16)")
     profile.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     return parser
@@ -249,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _profile(args)
     if args.command == "bench-speed":
         return _speed(args)
+    if args.command == "bench-precision":
+        from semgrad_guard.evaluation.precision import precision_report
+
+        precision_report(args.model)
+        return 0
     if (args.input is None) == (args.prompt is None or args.answer is None):
         _parser().error("give either --prompt and --answer, or --input")
     scorer = SemGradScorer(

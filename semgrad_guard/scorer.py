@@ -52,7 +52,7 @@ class ScorerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: str = Field(default="auto", description="'auto' (cuda, mps, cpu), or a torch device string.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float64", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(default=8, ge=1, description="Most pairs in one forward/backward pass.")
     max_length: int | None = Field(default=None, ge=2, description="Token limit; None = the model's context.")
     trust_remote_code: bool = False
@@ -71,7 +71,9 @@ class SemGradScorer:
         model: ``None`` for the embedded SmolLM2-135M-Instruct; a Hugging Face model id or folder; a GGUF
             file path; or an already-loaded ``(model, tokenizer)`` pair whose weights are shared, not copied.
         device: ``"auto"`` or a torch device (ignored for a loaded pair, which stays where it is).
-        dtype: ``"auto"`` (float32 on CPU, bfloat16/float16 on GPU) or an explicit dtype name.
+        dtype: ``"auto"`` (bfloat16, or float16 without it, on a CUDA GPU; float32 on CPU and MPS) or an
+            explicit dtype name. Statistics are computed in at least float32 whatever the model's dtype;
+            ``"float64"`` makes the whole pass exact to rounding (docs/method.md, "Precision").
         profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON,
             ``None`` for the built-in profile of the model's family (template rule otherwise), or
             ``"auto"`` to compute it with SPS (:mod:`semgrad_guard.sps`) once and cache it per model.
@@ -81,7 +83,7 @@ class SemGradScorer:
         trust_remote_code: let transformers run code shipped with the model (off by default).
         pass_mode: ``"fast"`` (default) reads the prompt before the gradient position once without autograd
             and builds the graph only from there on; ``"naive"`` differentiates the whole sequence. Both
-            give the same scores (:mod:`semgrad_guard.statistics`).
+            give the same scores up to float rounding (:mod:`semgrad_guard.statistics`).
         batching: how requests from many threads and tasks are gathered into shared passes (token budget,
             wait, queue bound): :class:`~semgrad_guard.batching.BatchingConfig`.
         load_kwargs: extra keyword arguments for ``from_pretrained`` (revision, attn_implementation, ...).
@@ -105,7 +107,7 @@ class SemGradScorer:
         model: str | Path | tuple[Any, Any] | None = None,
         *,
         device: str = "auto",
-        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        dtype: Literal["auto", "float64", "float32", "bfloat16", "float16"] = "auto",
         profile: ModelProfile | Literal["auto"] | str | Path | None = None,
         batch_size: int = 8,
         max_length: int | None = None,
@@ -297,21 +299,23 @@ class SemGradScorer:
         errors: ErrorMode = "raise",
         **generation_kwargs: Any,
     ) -> ScoredGeneration:
-        """Generate an answer greedily with the scoring model, then score its own token ids.
+        """Generate an answer greedily with the scoring model, then score it exactly as :meth:`score` would.
 
-        The score reuses the prompt's key/value cache that generation made, so only the positions from the
-        gradient position on are run again. Extra keyword arguments go to ``model.generate`` (they may
-        override greedy decoding).
+        The generated text is encoded as any answer is (its tokens, then end-of-turn), so the result equals
+        ``score(prompt, text)``; the score reuses the prompt's key/value cache that generation made, so only
+        the positions from the gradient position on are run again. Extra keyword arguments go to
+        ``model.generate`` (they may override greedy decoding).
         """
         loaded, chat, profile = self._ready()
         prompt_ids = chat.encode_prompt(prompt)
         answers, cache = self._generate_ids(prompt_ids, 1, max_new_tokens, generation_kwargs)
-        answer_ids = answers[0]
-        text = loaded.tokenizer.decode(answer_ids, skip_special_tokens=True)
+        text = loaded.tokenizer.decode(answers[0], skip_special_tokens=True)
         try:
-            if not answer_ids:
-                raise InvalidInputError("the model generated no tokens")
+            # The text is scored as score() would score it: its own tokens plus end-of-turn (a generation
+            # cut at max_new_tokens, or one that re-tokenizes differently, is scored the same way).
+            answer_ids = chat.encode_answer(text)
             pair = EncodedPair(prompt_ids, answer_ids, self._position(prompt_ids, profile))
+            self._check_length(pair.length)
             pair = replace(pair, prefix=prefix_from_cache(cache, pair.start))
         except SemGradError as exc:
             if errors == "raise":
@@ -400,12 +404,11 @@ class SemGradScorer:
     @staticmethod
     @contextmanager
     def _eval_mode(model: Any) -> Iterator[None]:
-        """Switch dropout off for the pass and put the caller's mode back afterwards, even on error."""
-        was_training = bool(model.training)
-        if was_training:
-            model.eval()
+        """Dropout off for the pass; afterwards each submodule gets its own mode back, even on error."""
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
         try:
             yield
         finally:
-            if was_training:
-                model.train()
+            for module, training in modes.items():
+                module.training = training

@@ -4,13 +4,19 @@ It fills a :class:`PassStatistics` per pair (token NLLs and entropies, the mean 
 entropy-weighted loss at the profile position for each scored layer, and the output-projection gradient);
 every score in :mod:`semgrad_guard.estimators` is cheap arithmetic over these.
 
-Two exact ways to run it give the same numbers (tests hold them to 1e-5):
+Two exact ways to run it give the same numbers (float64 tests hold them to 1e-9; float32 differs only by
+summation order, see docs/method.md):
 
 - ``"fast"`` (default): hidden states before the gradient position p cannot depend on h_l[p] (causal
   attention), so the prompt up to p runs once without autograd and only its key/value cache is kept (or
   the cache a generation already made is reused). The graph is built over positions >= p only, starting at
   the lowest scored layer, and logits are computed only where the loss needs them.
 - ``"naive"``: one forward with autograd over the whole sequence; the reference the fast path is tested on.
+
+Precision: the answer logits, the loss and every statistic are computed in at least float32 (float64 stays
+float64), even when the model runs in bfloat16 or float16: the output projection is recomputed from its
+hooked input in the wider dtype, and a float16 loss is scaled before the backward so that small hidden-state
+gradients do not fall below float16's range, then unscaled.
 """
 
 from __future__ import annotations
@@ -46,6 +52,15 @@ PassMode = Literal["fast", "naive"]
 # Elements of one vocabulary chunk of the output-weight gradient: small enough to stay in cache (a 16x
 # speed-up on CPU over 16M-element chunks), and each chunk's float32 sum is exact to ~1e-8 relative.
 _OUTPUT_GRAD_CHUNK = 1 << 20
+# Weight elements upcast at a time when a half-precision output projection is recomputed wide.
+_WIDE_HEAD_CHUNK = 1 << 22
+# First loss scale for a float16 backward (powers of two scale exactly); divided by _SCALE_STEP on overflow.
+_FLOAT16_LOSS_SCALE = 2.0**16
+_SCALE_STEP = 2.0**8
+_SCALE_TRIES = 3
+# RoPE variants whose frequencies depend on the length of the sequence a forward sees: a prompt cache made
+# at one length would not match a graph run at another, so these models take the naive pass.
+_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
 
 
 @dataclass(frozen=True)
@@ -97,8 +112,17 @@ def num_layers(model: Any) -> int:
     return int(config.num_hidden_layers)
 
 
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are computed in: ``dtype`` promoted to at least float32, never demoted."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def decoder_layers(model: Any, num_layers: int) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers: the module list as long as ``num_hidden_layers``."""
+    """The model's stack of decoder layers: ``get_decoder().layers``, else the module list that long."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    stack = getattr(decoder, "layers", None)
+    if isinstance(stack, torch.nn.ModuleList) and len(stack) == num_layers:
+        return stack
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
             return module
@@ -124,6 +148,11 @@ def _recording(
             if threading.get_ident() != owner:
                 return None
             if key == "head":
+                if _needs_wide_head(head, inputs[0]):
+                    bias = getattr(head, "bias", None)
+                    output = _WideHead.apply(inputs[0], head.weight, bias)  # type: ignore[no-untyped-call]
+                    store[key] = (inputs[0], output)
+                    return output
                 store[key] = (inputs[0], output)
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
@@ -144,15 +173,59 @@ def _recording(
             handle.remove()
 
 
-def _output_grad_mean(dlogits: torch.Tensor, hidden: torch.Tensor) -> float:
-    """Mean |sum_t outer(dlogits_t, h_t)| over the (vocab x hidden) weight, computed in vocabulary chunks."""
-    dlogits, hidden = dlogits.float(), hidden.float()
+def _needs_wide_head(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether the output projection runs below float32 (its logits are then recomputed wide)."""
+    weight = getattr(head, "weight", None)
+    return isinstance(weight, torch.Tensor) and wide_dtype(hidden.dtype) != hidden.dtype
+
+
+class _WideHead(torch.autograd.Function):
+    """``hidden @ weight.T + bias`` in float32 for half-precision weights, upcasting the weight in chunks.
+
+    Rounding logits of size ~20 to bfloat16 moves a token's NLL by up to a nat; this keeps them exact to
+    float32 while holding no float32 copy of the weight (the backward upcasts the same chunks again).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.hidden_dtype = hidden.dtype
+        wide = hidden.to(wide_dtype(hidden.dtype))
+        logits = torch.cat([wide @ rows.to(wide.dtype).T for _, rows in _row_chunks(weight)], dim=-1)
+        return logits if bias is None else logits + bias.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        hidden_grad = torch.zeros((*grad.shape[:-1], weight.shape[1]), dtype=grad.dtype, device=grad.device)
+        for start, rows in _row_chunks(weight):
+            hidden_grad += grad[..., start : start + len(rows)] @ rows.to(grad.dtype)
+        return hidden_grad.to(ctx.hidden_dtype), None, None
+
+
+def _row_chunks(weight: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """Consecutive row blocks of ``weight`` of about ``_WIDE_HEAD_CHUNK`` elements, with their first row."""
+    step = max(1, _WIDE_HEAD_CHUNK // weight.shape[1])
+    for start in range(0, weight.shape[0], step):
+        yield start, weight[start : start + step]
+
+
+def _output_grad_mean(dlogits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Mean |sum_t outer(dlogits_t, h_t)| over the (vocab x hidden) weight, as a 0-d tensor on the device.
+
+    Computed in vocabulary chunks in at least float32; chunk sums stay on the device, so reading the result
+    costs one synchronisation, not one per chunk.
+    """
+    wide = wide_dtype(torch.promote_types(dlogits.dtype, hidden.dtype))
+    dlogits, hidden = dlogits.to(wide), hidden.to(wide)
     vocab, width = dlogits.shape[1], hidden.shape[1]
     step = max(1, _OUTPUT_GRAD_CHUNK // width)
-    total = sum(
-        float((dlogits[:, start : start + step].T @ hidden).abs().sum()) for start in range(0, vocab, step)
+    sums = torch.stack(
+        [(dlogits[:, start : start + step].T @ hidden).abs().sum() for start in range(0, vocab, step)]
     )
-    return total / (vocab * width)
+    return sums.sum() / (vocab * width)
 
 
 def gradient_statistics(
@@ -170,14 +243,44 @@ def gradient_statistics(
     embeddings are never a differentiated path, so the tied-embedding input path is excluded from the
     output-weight gradient as the method defines. Works inside a caller's ``inference_mode()`` or
     ``no_grad()``. ``mode="fast"`` falls back to ``"naive"`` for models whose cache is not a plain
-    full-attention :class:`~transformers.DynamicCache` (sliding-window or recurrent layers).
+    full-attention :class:`~transformers.DynamicCache` (sliding-window or recurrent layers) and for RoPE
+    whose frequencies depend on the sequence length (dynamic NTK, longrope). Parameters that require grad
+    are switched off for the pass and restored after it, so no graph is kept for weight gradients.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        if mode == "fast":
+    with torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
+        if mode == "fast" and not _length_dependent_rope(model):
             prefixes = _prefixes(model, pairs)
             if prefixes is not None:
                 return _fast(model, pairs, prefixes, layers, num_layers)
         return _naive(model, pairs, layers, num_layers)
+
+
+@contextmanager
+def _frozen_parameters(model: Any) -> Iterator[None]:
+    """Parameters that require grad stop requiring it for the pass and get it back afterwards, even on error.
+
+    Activations then keep only what their own gradients need. A model the scorer loaded itself is frozen at
+    load time, so this changes nothing there; a shared model is put back exactly as it was.
+    """
+    thawed = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in thawed:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in thawed:
+            parameter.requires_grad_(True)
+
+
+def _length_dependent_rope(model: Any) -> bool:
+    """Whether the model's RoPE scaling depends on the sequence length a forward sees."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    found: list[Any] = []
+    for name in ("rope_parameters", "rope_scaling"):
+        value = getattr(config, name, None)
+        if isinstance(value, dict):
+            found += [value, *(v for v in value.values() if isinstance(v, dict))]
+    return any(str(params.get("rope_type", params.get("type"))) in _LENGTH_DEPENDENT_ROPE for params in found)
 
 
 def _cache_argument(model: Any) -> str:
@@ -342,6 +445,7 @@ def _statistics(
 ) -> list[PassStatistics]:
     """Losses from the kept logits, one backward, and each pair's statistics at its graph position."""
     device = logits.device
+    wide = wide_dtype(logits.dtype)
     keep = torch.unique(torch.cat(steps))
     row_of = torch.full((width,), -1, dtype=torch.long, device=device)
     row_of[keep] = torch.arange(len(keep), device=device)
@@ -350,7 +454,7 @@ def _statistics(
     kept = [slice(int(row_of[step[0]]), int(row_of[step[0]]) + len(step)) for step in steps]
     losses, ce_losses, nlls, entropies = [], [], [], []
     for row, pair in enumerate(pairs):
-        log_probs = torch.log_softmax(logits[row, kept[row]].float(), dim=-1)
+        log_probs = torch.log_softmax(logits[row, kept[row]].to(wide), dim=-1)
         targets = torch.tensor(pair.answer_ids, device=device)
         token_log_prob = log_probs.gather(1, targets[:, None]).squeeze(1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
@@ -362,20 +466,45 @@ def _statistics(
     head_input, head_output = store["head"]
     # The cross-entropy gradient at the logits only walks the short softmax graph; keep it for the main call.
     (ce_dlogits,) = torch.autograd.grad(torch.stack(ce_losses).sum(), [head_output], retain_graph=True)
-    grads = torch.autograd.grad(torch.stack(losses).sum(), [*hidden_states, head_output])
+    grads = _scaled_grad(torch.stack(losses).sum(), [*hidden_states, head_output])
 
     results = []
     for row, position in enumerate(positions):
-        hidden_grad = torch.stack([g[row, position].abs().float().mean() for g in grads[:-1]])
+        vectors = torch.stack([g[row, position] for g in grads[:-1]])
         answer_hidden = head_input[row, kept[row]].detach()
+        output_grads = torch.stack(
+            [
+                _output_grad_mean(grads[-1][row, kept[row]], answer_hidden),
+                _output_grad_mean(ce_dlogits[row, kept[row]], answer_hidden),
+            ]
+        ).cpu()
         results.append(
             PassStatistics(
-                token_nll=nlls[row].double().cpu(),
-                token_entropy=entropies[row].double().cpu(),
-                hidden_grad=hidden_grad.double().cpu(),
-                output_grad=_output_grad_mean(grads[-1][row, kept[row]], answer_hidden),
-                output_grad_ce=_output_grad_mean(ce_dlogits[row, kept[row]], answer_hidden),
-                hidden_grad_vectors=torch.stack([g[row, position] for g in grads[:-1]]).double().cpu(),
+                token_nll=nlls[row].cpu().double(),
+                token_entropy=entropies[row].cpu().double(),
+                hidden_grad=vectors.abs().mean(-1).cpu().double(),
+                output_grad=float(output_grads[0]),
+                output_grad_ce=float(output_grads[1]),
+                hidden_grad_vectors=vectors.cpu().double(),
             )
         )
     return results
+
+
+def _scaled_grad(loss: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``d loss / d targets`` in at least float32; a float16 graph gets a scaled loss, unscaled after.
+
+    Hidden-state gradients of a float16 model fall below float16's normal range (about half of them in a
+    135M model) or to zero; a power-of-two scale lifts them and dividing by it afterwards is exact. On
+    overflow the scale shrinks and the backward runs again (the graph is kept for that).
+    """
+    half = any(target.dtype == torch.float16 for target in targets)
+    scale = _FLOAT16_LOSS_SCALE if half else 1.0
+    for attempt in range(_SCALE_TRIES if half else 1):
+        last = attempt == _SCALE_TRIES - 1 or not half
+        grads = torch.autograd.grad(loss * scale if half else loss, targets, retain_graph=not last)
+        wide = [grad.to(wide_dtype(grad.dtype)) / scale for grad in grads]
+        if last or all(bool(torch.isfinite(grad).all()) for grad in grads):
+            return wide
+        scale /= _SCALE_STEP
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,27 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from semgrad_guard import SemGradScorer
+from semgrad_guard.evaluation.precision import float64_norms
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _float64_norms() -> Iterator[None]:
+    """transformers' RMSNorm rounds to float32 even in a float64 model (scores move ~1e-7 with batch shape):
+    the float64 tests check our pass, not that norm, so it computes in float64 here (other dtypes as is)."""
+    with float64_norms():
+        yield
 
 
 @pytest.fixture(scope="session")
 def embedded() -> SemGradScorer:
     """The embedded SmolLM2-135M-Instruct, loaded once for the whole session."""
     return SemGradScorer(device="cpu").load()
+
+
+@pytest.fixture(scope="session")
+def embedded64() -> SemGradScorer:
+    """The embedded model in float64, where the pass is exact to rounding: the reference for exactness."""
+    return SemGradScorer(device="cpu", dtype="float64").load()
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +67,10 @@ def tiny_dir(tmp_path_factory: Any, tokenizer: Any) -> Path:
 
 @pytest.fixture
 def make_tiny(tokenizer: Any) -> Callable[..., SemGradScorer]:
-    """A scorer over a fresh tiny random Llama (tied or untied) and a copy of the tokenizer."""
+    """A scorer over a fresh tiny random Llama (tied or untied, float32 or ``dtype``) and a tokenizer copy."""
 
-    def make(*, tied: bool = True, **kwargs: Any) -> SemGradScorer:
-        model = _tiny_model(tokenizer, tied=tied, layers=kwargs.pop("layers", 4))
+    def make(*, tied: bool = True, dtype: torch.dtype = torch.float32, **kwargs: Any) -> SemGradScorer:
+        model = _tiny_model(tokenizer, tied=tied, layers=kwargs.pop("layers", 4)).to(dtype)
         return SemGradScorer((model, copy.deepcopy(tokenizer)), name="tiny", **kwargs)
 
     return make

@@ -1,4 +1,7 @@
-"""Batched, threaded and async scoring give the same scores as one-by-one scoring."""
+"""Batched, threaded and async scoring give the same scores as one-by-one scoring.
+
+Exactly (1e-9) in float64; in float32 only summation order differs, held to the measured drift.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,11 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from semgrad_guard import Score, SemGradScorer
 from semgrad_guard.prompts import Prompt
+from tests._tolerances import EXACT, FLOAT32
 
 FIELDS = ["semgrad", "hybridgrad", "param_grad", "mean_entropy", "nll", "ln_nll", "max_token_nll"]
 
@@ -38,29 +43,36 @@ PAIRS: list[tuple[Prompt, str]] = [
 ]
 
 
-def assert_same(batched: list[Score], single: list[Score]) -> None:
+def assert_same(batched: list[Score], single: list[Score], rel: float = EXACT) -> None:
     for got, want in zip(batched, single, strict=True):
         assert got.position == want.position and got.n_answer_tokens == want.n_answer_tokens
         for field in FIELDS:
-            assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-5), field
+            assert getattr(got, field) == pytest.approx(getattr(want, field), rel=rel), field
 
 
 @pytest.mark.slow
-def test_batch_equals_one_by_one_on_embedded_model(embedded: SemGradScorer) -> None:
-    single = [embedded.score(p, a) for p, a in PAIRS]
-    batched = embedded.score_batch(PAIRS)
-    assert_same(batched, single)
+def test_batch_equals_one_by_one_on_embedded_model_float64(embedded64: SemGradScorer) -> None:
+    single = [embedded64.score(p, a) for p, a in PAIRS]
+    assert_same(embedded64.score_batch(PAIRS), single)
     assert len({s.n_prompt_tokens for s in single}) > 3  # lengths really differ, so padding is exercised
 
 
+@pytest.mark.slow
+def test_batch_float32_within_measured_drift(embedded: SemGradScorer) -> None:
+    single = [embedded.score(p, a) for p, a in PAIRS]
+    assert_same(embedded.score_batch(PAIRS), single, rel=2 * FLOAT32)
+
+
 def test_small_batches_keep_input_order(make_tiny) -> None:  # type: ignore[no-untyped-def]
-    scorer = make_tiny(batch_size=2)
+    scorer = make_tiny(batch_size=2, dtype=torch.float64)
     single = [scorer.score(p, a) for p, a in PAIRS]
     assert_same(scorer.score_batch(PAIRS), single)
+    # Order is really checked: the pairs' scores differ by far more than the tolerance.
+    assert len({round(s.semgrad or 0, 12) for s in single}) == len(PAIRS)
 
 
 def test_threads_and_async_equal_sequential(make_tiny) -> None:  # type: ignore[no-untyped-def]
-    scorer = make_tiny()
+    scorer = make_tiny(dtype=torch.float64)
     single = [scorer.score(p, a) for p, a in PAIRS]
     with ThreadPoolExecutor(max_workers=4) as pool:
         threaded = list(pool.map(lambda pair: scorer.score(*pair), PAIRS))
@@ -74,7 +86,8 @@ def test_threads_and_async_equal_sequential(make_tiny) -> None:  # type: ignore[
 
 
 @pytest.mark.slow
-def test_generate_and_score_scores_its_own_tokens(embedded: SemGradScorer) -> None:
+def test_generate_and_score_scores_its_own_tokens(embedded64: SemGradScorer) -> None:
+    embedded = embedded64
     prompt = "What is the capital of France?"
     generated = embedded.generate_and_score(prompt, max_new_tokens=24)
     assert generated.text and generated.score.valid

@@ -23,6 +23,7 @@ from semgrad_guard.directions import (
 from semgrad_guard.estimators import semgrad, semgrad_para
 from semgrad_guard.sps import compute_sps, fit_directions
 from semgrad_guard.statistics import PassStatistics, gradient_statistics, num_layers
+from tests._tolerances import EXACT
 
 PAIRS = [
     ("What is the capital of France?", "Paris"),
@@ -152,7 +153,7 @@ def test_full_basis_gives_the_full_gradient_norm(make_tiny: Callable[..., SemGra
 def test_fast_and_naive_agree_on_gradient_vectors(
     make_tiny: Callable[..., SemGradScorer], tied: bool
 ) -> None:
-    scorer = make_tiny(tied=tied)
+    scorer = make_tiny(tied=tied, dtype=torch.float64)
     model = scorer.model
     pairs = [scorer._encode(prompt, answer) for prompt, answer in PAIRS]
     for layers in (scorer.profile.layers, (0, 2, 3)):
@@ -161,17 +162,18 @@ def test_fast_and_naive_agree_on_gradient_vectors(
         naive = gradient_statistics(model, pairs, layers, num_layers(model), "naive")
         for a, b in zip(fast, naive, strict=True):
             difference = (a.hidden_grad_vectors - b.hidden_grad_vectors).norm(dim=-1)
-            assert (difference <= 1e-5 * b.hidden_grad_vectors.norm(dim=-1)).all()
+            assert (difference <= EXACT * b.hidden_grad_vectors.norm(dim=-1)).all()
 
 
-def test_embedded_fast_and_naive_agree_on_gradient_vectors(embedded: SemGradScorer) -> None:
-    model, layers = embedded.model, embedded.profile.layers
-    pairs = [embedded._encode(prompt, answer) for prompt, answer in PAIRS]
+@pytest.mark.slow
+def test_embedded_fast_and_naive_agree_on_gradient_vectors(embedded64: SemGradScorer) -> None:
+    model, layers = embedded64.model, embedded64.profile.layers
+    pairs = [embedded64._encode(prompt, answer) for prompt, answer in PAIRS]
     fast = gradient_statistics(model, pairs, layers, num_layers(model), "fast")
     naive = gradient_statistics(model, pairs, layers, num_layers(model), "naive")
     for a, b in zip(fast, naive, strict=True):
         difference = (a.hidden_grad_vectors - b.hidden_grad_vectors).norm(dim=-1)
-        assert (difference <= 1e-5 * b.hidden_grad_vectors.norm(dim=-1)).all()
+        assert (difference <= EXACT * b.hidden_grad_vectors.norm(dim=-1)).all()
 
 
 def test_scorer_fills_semgrad_para_from_a_saved_profile(

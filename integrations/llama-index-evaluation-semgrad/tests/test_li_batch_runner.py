@@ -7,6 +7,10 @@ from llama_index.evaluation.semgrad import SemGradEvaluator
 
 from semgrad_guard import SemGradScorer
 
+# The same pair scored in passes of other shapes differs by float32 summation order: up to 1e-3
+# relative between two float32 runs (measured drift, docs/method.md "Precision").
+FLOAT32_DRIFT = 1e-3
+
 pytestmark = pytest.mark.slow
 
 QUERIES = [
@@ -41,7 +45,7 @@ def _same(a: EvaluationResult, b: EvaluationResult) -> None:
         assert a.score is b.score
     else:
         # Concurrent evaluations share padded passes (micro-batching): equal to batched-scoring precision.
-        assert a.score == pytest.approx(b.score, rel=1e-5, abs=0.0)
+        assert a.score == pytest.approx(b.score, rel=FLOAT32_DRIFT, abs=0.0)
 
 
 def test_batch_eval_runner_with_workers_equals_sequential(

@@ -10,6 +10,10 @@ from llama_index.evaluation.semgrad import SemGradEvaluator, SemGradLocalLLM, Se
 
 from semgrad_guard import NoThresholdError, Score, SemGradScorer
 
+# The same pair scored in passes of other shapes differs by float32 summation order: up to 1e-3
+# relative between two float32 runs (measured drift, docs/method.md "Precision").
+FLOAT32_DRIFT = 1e-3
+
 pytestmark = pytest.mark.slow
 
 
@@ -99,4 +103,4 @@ def test_concurrent_queries_keep_their_own_scores(li_scorer: SemGradScorer) -> N
         assert response.response == f"It is {query.split()[-1]}"
         expected = li_scorer.score(query, response.response)
         # concurrent queries share a padded pass: equal to batched-scoring precision
-        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-5)
+        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=FLOAT32_DRIFT)

@@ -8,6 +8,10 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_semgrad import AsyncSemGradCallbackHandler, ScoredRun, SemGradCallbackHandler
 
+# The same pair scored in passes of other shapes differs by float32 summation order: up to 1e-3
+# relative between two float32 runs (measured drift, docs/method.md "Precision").
+FLOAT32_DRIFT = 1e-3
+
 pytestmark = pytest.mark.slow
 
 QUESTIONS = ["What is the capital of Italy?", "Name a kind of tree.", "What is 3 + 4?"]
@@ -20,7 +24,9 @@ def check(handler: SemGradCallbackHandler | AsyncSemGradCallbackHandler, answers
     for question, answer in zip(QUESTIONS, answers, strict=True):
         result = by_question[question]
         assert result.answer == answer and result.score is not None and handler.get(result.run_id) == result
-        assert result.score.semgrad == pytest.approx(scorer.score(question, answer).semgrad, rel=1e-4)
+        assert result.score.semgrad == pytest.approx(
+            scorer.score(question, answer).semgrad, rel=FLOAT32_DRIFT
+        )
 
 
 def test_sync_handler_under_concurrent_batch(chat, scorer) -> None:

@@ -12,6 +12,10 @@ from langchain_semgrad import GuardResult, LowConfidenceError, ReviewQueue, SemG
 
 from semgrad_guard import SemGradScorer
 
+# The same pair scored in passes of other shapes differs by float32 summation order: up to 1e-3
+# relative between two float32 runs (measured drift, docs/method.md "Precision").
+FLOAT32_DRIFT = 1e-3
+
 pytestmark = pytest.mark.slow
 
 ALWAYS, NEVER = 0.0, 1.0  # raw semgrad thresholds that flag every answer / no answer (routing tests)
@@ -33,7 +37,9 @@ def test_message_in_message_out_with_the_real_score(chat, scorer) -> None:
     assert (result.route, result.flagged, result.low_confidence) == ("annotate", True, True)
     prompt = [{"role": "system", "content": messages[0].text}, {"role": "user", "content": messages[1].text}]
     direct = scorer.score(prompt, out.text)
-    assert result.score is not None and result.score.semgrad == pytest.approx(direct.semgrad, rel=1e-4)
+    assert result.score is not None and result.score.semgrad == pytest.approx(
+        direct.semgrad, rel=FLOAT32_DRIFT
+    )
 
 
 def test_str_in_str_out(chat) -> None:
@@ -99,7 +105,7 @@ async def test_batch_and_abatch_with_concurrency_match_direct_scores(chat, score
     for question, message in zip(questions, async_, strict=True):
         score = result_of(message).score
         assert score is not None
-        assert score.semgrad == pytest.approx(scorer.score(question, message.text).semgrad, rel=1e-4)
+        assert score.semgrad == pytest.approx(scorer.score(question, message.text).semgrad, rel=FLOAT32_DRIFT)
 
 
 def test_stream_buffers_scores_then_streams_the_fallback(chat, short_chat) -> None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_semgrad import AsyncSemGradCallbackHandler, ScoredRun, SemGradCallbackHandler
+
+from semgrad_guard import Score
+from semgrad_guard.prompts import Prompt
 
 QUESTIONS = [f"question {i} {'hard' if i % 2 else 'easy'}" for i in range(8)]
 
@@ -108,3 +115,62 @@ async def test_score_event_reaches_astream_events(chat, scorer, handler_class) -
         "answer"
     ].strip() == "sure: q"
     assert handler.in_flight == 0
+
+
+def _words(prompt: Prompt) -> int:
+    """A stand-in for the prompt's token count: its words, over every message."""
+    texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+    return sum(len(text.split()) for text in texts)
+
+
+async def _call(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("handler_class", [SemGradCallbackHandler, AsyncSemGradCallbackHandler])
+@pytest.mark.parametrize("end_order", ["last_started_first", "first_started_first"])
+@pytest.mark.parametrize("kind", ["chat", "text"])
+async def test_runs_ending_out_of_order_keep_their_own_prompt(
+    make_scorer, handler_class, end_order, kind
+) -> None:
+    """Start A, start B, then end them in either order: each answer is scored with its own run's prompt."""
+
+    class PromptSizedScorer(make_scorer):  # type: ignore[misc,valid-type]
+        def score(self, prompt: Prompt, answer: str, *, errors: Any = "raise") -> Score:
+            self.calls.append((prompt, answer))
+            return Score(model="fake", semgrad=float(_words(prompt)), n_prompt_tokens=_words(prompt))
+
+    scorer = PromptSizedScorer()
+    handler = handler_class(scorer)
+    questions = {"a": "What is the capital of France?", "b": "Name one planet of the solar system, please."}
+    prompts: dict[str, Prompt] = {}
+    run_ids = {name: uuid4() for name in questions}
+    for name, question in questions.items():
+        if kind == "chat":
+            messages = [SystemMessage(f"system for {name}"), HumanMessage(question)]
+            prompts[name] = [
+                {"role": "system", "content": f"system for {name}"},
+                {"role": "user", "content": question},
+            ]
+            await _call(handler.on_chat_model_start({}, [messages], run_id=run_ids[name]))
+        else:
+            prompts[name] = f"Human: {question}"
+            await _call(handler.on_llm_start({}, [prompts[name]], run_id=run_ids[name]))
+    assert handler.in_flight == 2 and _words(prompts["a"]) != _words(prompts["b"])
+    ends = ["b", "a"] if end_order == "last_started_first" else ["a", "b"]
+    for name in ends:
+        answer = f"answer to {name}"
+        generation = ChatGeneration(message=AIMessage(answer)) if kind == "chat" else Generation(text=answer)
+        await _call(handler.on_llm_end(LLMResult(generations=[[generation]]), run_id=run_ids[name]))
+
+    assert handler.in_flight == 0
+    assert scorer.calls == [(prompts[name], f"answer to {name}") for name in ends]
+    assert [r.run_id for r in handler.results] == [run_ids[name] for name in ends]
+    for name in ends:
+        result = handler.get(run_ids[name])
+        assert result is not None and result.score is not None
+        assert result.prompt == prompts[name] and result.answer == f"answer to {name}"
+        assert result.score.n_prompt_tokens == _words(prompts[name])
+        assert result.score == scorer.score(prompts[name], f"answer to {name}")  # scoring the pair directly

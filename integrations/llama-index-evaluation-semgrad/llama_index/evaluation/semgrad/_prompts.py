@@ -41,10 +41,12 @@ def qa_prompt(
 
     ``template`` defaults to LlamaIndex's default text-QA selector, which picks the chat variant (system
     prompt plus user turn) when ``llm`` is a chat model and the single-turn completion variant otherwise,
-    exactly as ``get_response_synthesizer`` does. Contexts are joined with blank lines, as compact mode does.
+    exactly as ``get_response_synthesizer`` does. Contexts are stripped, empty ones dropped, and the rest
+    joined with blank lines, as compact mode's ``PromptHelper.repack`` does.
     """
     chosen = template if template is not None else DEFAULT_TEXT_QA_PROMPT_SEL
-    messages = chosen.format_messages(llm=llm, context_str="\n\n".join(contexts), query_str=query)
+    context_str = "\n\n".join(text.strip() for text in contexts if text.strip())
+    messages = chosen.format_messages(llm=llm, context_str=context_str, query_str=query)
     return [_as_dict(message) for message in messages]
 
 

@@ -1,0 +1,1 @@
+"""Evaluation tooling: what the scores are worth and what they cost. Nothing in the runtime imports it."""
