@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from semgrad_guard import metrics
-from semgrad_guard.audit import AuditedLabel, agreement, cohen_kappa, compare_readings, load_labels
-from semgrad_guard.datasets import load_qa
-from semgrad_guard.embeddings import SentenceEmbedder
-from semgrad_guard.judges import (
+from semgrad_guard.evaluation import metrics
+from semgrad_guard.evaluation.audit import AuditedLabel, agreement, cohen_kappa, compare_readings, load_labels
+from semgrad_guard.evaluation.datasets import load_qa
+from semgrad_guard.evaluation.embeddings import SentenceEmbedder
+from semgrad_guard.evaluation.judges import (
     GAIN_THRESHOLD,
     JUDGES,
     KEY_RECALL_THRESHOLD,

@@ -42,7 +42,6 @@ import torch
 from tqdm.auto import tqdm
 
 from semgrad_guard import SemGradScorer
-from semgrad_guard.datasets import qa_prompt
 from semgrad_guard.directions import (
     BUILTIN_DIR,
     DEFAULT_DIRECTIONS,
@@ -50,9 +49,11 @@ from semgrad_guard.directions import (
     paraphrase_differences,
     principal_directions,
 )
-from semgrad_guard.metrics import auroc, bootstrap_auroc
-from semgrad_guard.sps import DEFAULT_DATA, _tail_states, encode_items, fit_directions, load_default_items
-from semgrad_guard.statistics import gradient_statistics, num_layers
+from semgrad_guard.evaluation.datasets import qa_prompt
+from semgrad_guard.evaluation.metrics import auroc, bootstrap_auroc
+from semgrad_guard.model_parts import num_layers
+from semgrad_guard.sps import DEFAULT_DATA, encode_items, fit_directions, load_default_items, tail_states
+from semgrad_guard.statistics import gradient_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sps_vs_auroc import JUDGE, paired_difference
@@ -246,7 +247,7 @@ def main() -> None:
             ParaphraseDirections.load(BUILTIN_FILE).vectors, shipped.vectors.float().double()
         )
     prompts, source = encode_items(tokenizer, items)
-    states = _tail_states(model, prompts, [profile.offset], num_layers(model), 16, False)
+    states = tail_states(model, prompts, [profile.offset], num_layers(model), 16, False)
     states = states[:, 0, list(profile.layers)]
     capture: dict[str, Any] = heldout_capture(paraphrase_differences(states, source), source)
     explained = (directions.singular_values**2).cumsum(-1) / directions.energy[:, None]

@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,14 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from semgrad_guard import SemGradScorer
-from semgrad_guard.datasets import load_qa, qa_prompt
-from semgrad_guard.metrics import auroc
+from semgrad_guard.evaluation.datasets import load_qa, qa_prompt
+from semgrad_guard.evaluation.metrics import auroc
+from semgrad_guard.model_parts import num_layers
+from semgrad_guard.pairs import EncodedPair
 from semgrad_guard.profiles import template_rule_profile
 from semgrad_guard.prompts import ChatFormat
-from semgrad_guard.sps import SPSResult, capture_hidden_states, compute_sps, sps_table
+from semgrad_guard.sps import SPSResult, compute_sps, sps_table
+from semgrad_guard.statistics import gradient_statistics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -49,47 +53,20 @@ def candidate_gradients(
 ) -> np.ndarray:
     """Mean |dL/dh_l[P + offset]| for every pair, offset and layer: (pairs, offsets, layers).
 
-    The loss is SemGrad's (entropy-weighted answer NLL, entropy detached); the gradient is taken with
-    respect to the full hidden-state tensors once per batch and then read at every candidate position.
+    The scorer's own pass (:func:`~semgrad_guard.statistics.gradient_statistics`), run once per candidate
+    offset with every hidden state as a scored layer.
     """
     model, chat = scorer.model, ChatFormat(scorer.tokenizer)
-    num_layers = int(model.config.num_hidden_layers)
-    encoded = [(chat.encode_prompt(qa_prompt(q)), chat.encode_answer(a)) for q, a in pairs]
-    out = np.zeros((len(pairs), len(offsets), num_layers))
-    embed = model.get_input_embeddings()
-    for start in tqdm(range(0, len(encoded), batch_size), desc="gradients", unit="batch"):
-        batch = encoded[start : start + batch_size]
-        width = max(len(p) + len(a) for p, a in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (prompt, answer) in enumerate(batch):
-            ids[row, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-            mask[row, : len(prompt) + len(answer)] = 1
-        with torch.no_grad():
-            inputs = embed(ids)
-        inputs = inputs.detach().requires_grad_(True)
-        store: dict[int, torch.Tensor] = {}
-        # Logits only at the answer steps (position t predicts token t + 1), as the scorer computes them.
-        steps = [torch.arange(len(p) - 1, len(p) + len(a) - 1) for p, a in batch]
-        keep = torch.unique(torch.cat(steps))
-        column = torch.full((width,), -1, dtype=torch.long)
-        column[keep] = torch.arange(len(keep))
-        with capture_hidden_states(model, num_layers, store):
-            logits = model(
-                inputs_embeds=inputs, attention_mask=mask, use_cache=False, logits_to_keep=keep
-            ).logits
-        store[0] = inputs
-        losses = []
-        for row, (_, answer) in enumerate(batch):
-            log_probs = torch.log_softmax(logits[row, column[steps[row]]].float(), dim=-1)
-            token_log_prob = log_probs.gather(1, torch.tensor(answer)[:, None]).squeeze(1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1).detach()
-            losses.append(-(entropy * token_log_prob).sum() / len(answer))
-        grads = torch.autograd.grad(torch.stack(losses).sum(), [store[layer] for layer in range(num_layers)])
-        for row, (prompt, _) in enumerate(batch):
-            positions = [len(prompt) + offset for offset in offsets]
-            for layer, grad in enumerate(grads):
-                out[start + row, :, layer] = grad[row, positions].abs().float().mean(-1).double().numpy()
+    depth = num_layers(model)
+    encoded = [EncodedPair(chat.encode_prompt(qa_prompt(q)), chat.encode_answer(a), 0) for q, a in pairs]
+    out = np.zeros((len(pairs), len(offsets), depth))
+    for column, offset in enumerate(offsets):
+        for start in tqdm(range(0, len(encoded), batch_size), desc=f"gradients at {offset}", unit="batch"):
+            batch = [
+                replace(p, position=len(p.prompt_ids) + offset) for p in encoded[start : start + batch_size]
+            ]
+            for row, stat in enumerate(gradient_statistics(model, batch, list(range(depth)), depth)):
+                out[start + row, column] = stat.hidden_grad.numpy()
     return out
 
 

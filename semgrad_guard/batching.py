@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, Protocol, TypeVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from semgrad_guard.errors import ScorerBusyError, ScorerOutOfMemoryError
@@ -139,6 +138,8 @@ class MicroBatcher(Generic[Item, Result]):
         The halves run after the ``except`` block is left: inside it, the traceback still holds the failed
         pass's frames and so its activations, and the retry would run out of memory again.
         """
+        import torch
+
         out_of_memory: str | None = None
         try:
             results = self._run([item for item, _ in batch])

@@ -3,7 +3,8 @@
 A :class:`CalibrationBundle` holds a fitted map (isotonic or logistic on one Score field, or a small
 regularised logistic model over several fields on a log scale), the acceptance threshold on the calibrated
 risk with the guarantee it was selected under, the data and model it was fitted on, and its measured
-quality. Applying a bundle needs only numpy; fitting (see :mod:`semgrad_guard.fitting`) needs scikit-learn.
+quality. Applying a bundle needs only numpy; fitting (:mod:`semgrad_guard.evaluation.fitting`) needs
+scikit-learn.
 """
 
 from __future__ import annotations

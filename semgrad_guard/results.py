@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from semgrad_guard import estimators
 from semgrad_guard.errors import InvalidInputError, NoThresholdError
 from semgrad_guard.profiles import ModelProfile
-from semgrad_guard.statistics import EncodedPair, PassStatistics
+
+if TYPE_CHECKING:
+    import torch
+
+    from semgrad_guard.pairs import EncodedPair
+    from semgrad_guard.statistics import PassStatistics
 
 __all__ = ["RawField", "Score", "ScoredGeneration"]
 
@@ -86,6 +89,8 @@ class Score(BaseModel):
         directions: torch.Tensor | None = None,
     ) -> Score:
         """Build a Score from one pass's statistics (``semgrad_para`` when ``directions`` are given)."""
+        from semgrad_guard import estimators  # torch: imported with the first score, not the package
+
         return cls(
             model=model,
             semgrad=estimators.semgrad(stats),

@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from semgrad_guard.batching import BatchingConfig, MicroBatcher
 from semgrad_guard.calibration import CalibrationBundle, load_calibration
-from semgrad_guard.directions import profile_directions
 from semgrad_guard.errors import (
     InputTooLongError,
     InvalidInputError,
@@ -26,19 +23,14 @@ from semgrad_guard.errors import (
     ProfileMismatchError,
     SemGradError,
 )
-from semgrad_guard.loading import LoadedModel, load_model, resolve_device, resolve_dtype
+from semgrad_guard.loading import DTypeName, LoadedModel, load_model, resolve_device, resolve_dtype
+from semgrad_guard.pairs import EncodedPair, PassMode
 from semgrad_guard.profiles import ModelProfile, resolve_profile
 from semgrad_guard.prompts import ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
-from semgrad_guard.sps import auto_profile
-from semgrad_guard.statistics import (
-    EncodedPair,
-    PassMode,
-    gradient_statistics,
-    num_layers,
-    output_cache,
-    prefix_from_cache,
-)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ErrorMode", "ScorerConfig", "SemGradScorer"]
 
@@ -52,7 +44,7 @@ class ScorerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: str = Field(default="auto", description="'auto' (cuda, mps, cpu), or a torch device string.")
-    dtype: Literal["auto", "float64", "float32", "bfloat16", "float16"] = "auto"
+    dtype: DTypeName = "auto"
     batch_size: int = Field(default=8, ge=1, description="Most pairs in one forward/backward pass.")
     max_length: int | None = Field(default=None, ge=2, description="Token limit; None = the model's context.")
     trust_remote_code: bool = False
@@ -107,7 +99,7 @@ class SemGradScorer:
         model: str | Path | tuple[Any, Any] | None = None,
         *,
         device: str = "auto",
-        dtype: Literal["auto", "float64", "float32", "bfloat16", "float16"] = "auto",
+        dtype: DTypeName = "auto",
         profile: ModelProfile | Literal["auto"] | str | Path | None = None,
         batch_size: int = 8,
         max_length: int | None = None,
@@ -150,18 +142,22 @@ class SemGradScorer:
     # ----------------------------------------------------------------------------------------- loading
     def load(self) -> SemGradScorer:
         """Load the model now (otherwise it loads on first use); returns the scorer."""
+        from semgrad_guard import directions, model_parts  # torch: imported when a model is loaded
+
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load()
                 self._format = ChatFormat(self._loaded.tokenizer)
                 model, tokenizer, name = self._loaded.model, self._loaded.tokenizer, self._loaded.name
                 if self._requested_profile == "auto":
+                    from semgrad_guard.sps import auto_profile  # research tooling, only when asked for
+
                     profile = auto_profile(model, tokenizer, name)
                 else:
                     profile = self._requested_profile or resolve_profile(model, tokenizer, name)
-                self._profile = profile.resolved(num_layers(self._loaded.model))
+                self._profile = profile.resolved(model_parts.num_layers(self._loaded.model))
                 hidden_size = int(model.get_input_embeddings().weight.shape[-1])
-                self._directions = profile_directions(self._profile, hidden_size)
+                self._directions = directions.profile_directions(self._profile, hidden_size)
                 if self._calibration_source is not None:
                     self._calibration = load_calibration(self._calibration_source, self._loaded.name)
         return self
@@ -306,6 +302,8 @@ class SemGradScorer:
         the positions from the gradient position on are run again. Extra keyword arguments go to
         ``model.generate`` (they may override greedy decoding).
         """
+        from semgrad_guard import model_parts
+
         loaded, chat, profile = self._ready()
         prompt_ids = chat.encode_prompt(prompt)
         answers, cache = self._generate_ids(prompt_ids, 1, max_new_tokens, generation_kwargs)
@@ -316,7 +314,7 @@ class SemGradScorer:
             answer_ids = chat.encode_answer(text)
             pair = EncodedPair(prompt_ids, answer_ids, self._position(prompt_ids, profile))
             self._check_length(pair.length)
-            pair = replace(pair, prefix=prefix_from_cache(cache, pair.start))
+            pair = replace(pair, prefix=model_parts.prefix_from_cache(cache, pair.start))
         except SemGradError as exc:
             if errors == "raise":
                 raise
@@ -348,7 +346,11 @@ class SemGradScorer:
         }
         if loaded.tokenizer.pad_token_id is None:
             settings.setdefault("pad_token_id", chat.end_of_turn_id)
-        with self._lock, self._eval_mode(model), torch.no_grad():
+        import torch
+
+        from semgrad_guard import model_parts
+
+        with self._lock, model_parts.eval_mode(model), torch.no_grad():
             ids = torch.tensor([prompt_ids], device=model.get_input_embeddings().weight.device)
             output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)
         stops = {chat.end_of_turn_id, loaded.tokenizer.eos_token_id}
@@ -356,7 +358,7 @@ class SemGradScorer:
         for row in output.sequences[:, len(prompt_ids) :].tolist():
             end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
             answers.append([int(t) for t in row[:end]])
-        return answers, output_cache(output)
+        return answers, model_parts.output_cache(output)
 
     def _encode(self, prompt: Prompt, answer: str) -> EncodedPair:
         _, chat, profile = self._ready()
@@ -388,10 +390,13 @@ class SemGradScorer:
         """One forward/backward pass over ``pairs`` (on the batcher's thread); raw, uncalibrated Scores."""
         loaded, _, profile = self._ready()
         assert profile.layers is not None
-        with self._lock, self._eval_mode(loaded.model):
+        from semgrad_guard import model_parts, statistics
+
+        with self._lock, model_parts.eval_mode(loaded.model):
             start = time.perf_counter()
-            stats = gradient_statistics(
-                loaded.model, pairs, profile.layers, num_layers(loaded.model), self.config.pass_mode
+            depth = model_parts.num_layers(loaded.model)
+            stats = statistics.gradient_statistics(
+                loaded.model, pairs, profile.layers, depth, self.config.pass_mode
             )
             seconds = time.perf_counter() - start
         return [
@@ -400,15 +405,3 @@ class SemGradScorer:
             )
             for pair, stat in zip(pairs, stats, strict=True)
         ]
-
-    @staticmethod
-    @contextmanager
-    def _eval_mode(model: Any) -> Iterator[None]:
-        """Dropout off for the pass; afterwards each submodule gets its own mode back, even on error."""
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
-        try:
-            yield
-        finally:
-            for module, training in modes.items():
-                module.training = training

@@ -21,77 +21,34 @@ gradients do not fall below float16's range, then unscaled.
 
 from __future__ import annotations
 
-import inspect
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-from semgrad_guard.errors import SemGradError
+from semgrad_guard.model_parts import (
+    cache_argument,
+    decoder_layers,
+    frozen_parameters,
+    length_dependent_rope,
+    output_cache,
+    prefix_from_cache,
+    recording,
+    wide_dtype,
+)
+from semgrad_guard.pairs import EncodedPair, PassMode, PrefixCache
 
-__all__ = [
-    "EncodedPair",
-    "PassMode",
-    "PassStatistics",
-    "PrefixCache",
-    "decoder_layers",
-    "gradient_statistics",
-    "num_layers",
-    "output_cache",
-    "prefix_from_cache",
-]
-
-PassMode = Literal["fast", "naive"]
-"""How the pass runs; both are exact (see the module docstring)."""
+__all__ = ["PassStatistics", "gradient_statistics"]
 
 # Elements of one vocabulary chunk of the output-weight gradient: small enough to stay in cache (a 16x
 # speed-up on CPU over 16M-element chunks), and each chunk's float32 sum is exact to ~1e-8 relative.
 _OUTPUT_GRAD_CHUNK = 1 << 20
-# Weight elements upcast at a time when a half-precision output projection is recomputed wide.
-_WIDE_HEAD_CHUNK = 1 << 22
 # First loss scale for a float16 backward (powers of two scale exactly); divided by _SCALE_STEP on overflow.
 _FLOAT16_LOSS_SCALE = 2.0**16
 _SCALE_STEP = 2.0**8
 _SCALE_TRIES = 3
-# RoPE variants whose frequencies depend on the length of the sequence a forward sees: a prompt cache made
-# at one length would not match a graph run at another, so these models take the naive pass.
-_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
-
-
-@dataclass(frozen=True)
-class PrefixCache:
-    """Key/value states of one prompt's first ``length`` tokens, one ``(key, value)`` per layer.
-
-    Each tensor is ``(1, kv_heads, length, head_dim)``; made by a generation that already read the prompt.
-    """
-
-    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    length: int
-
-
-@dataclass(frozen=True)
-class EncodedPair:
-    """Token ids of one pair, the absolute prompt position of the gradient, and any reusable prompt cache."""
-
-    prompt_ids: list[int]
-    answer_ids: list[int]
-    position: int
-    prefix: PrefixCache | None = None
-
-    @property
-    def start(self) -> int:
-        """First position whose hidden states the loss differentiates: p, or the last prompt token."""
-        return min(self.position, len(self.prompt_ids) - 1)
-
-    @property
-    def length(self) -> int:
-        """Total tokens, prompt plus answer."""
-        return len(self.prompt_ids) + len(self.answer_ids)
 
 
 @dataclass(frozen=True)
@@ -104,112 +61,6 @@ class PassStatistics:
     output_grad: float  # mean |d loss / d W_out| through the output projection only
     output_grad_ce: float  # the same under plain mean cross-entropy (the ExGrad baseline)
     hidden_grad_vectors: torch.Tensor  # (n_layers, hidden) d loss / d h_l[p] for each scored layer
-
-
-def num_layers(model: Any) -> int:
-    """Decoder layers of a causal LM (of its text model, for multimodal configs)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(config.num_hidden_layers)
-
-
-def wide_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are computed in: ``dtype`` promoted to at least float32, never demoted."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def decoder_layers(model: Any, num_layers: int) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers: ``get_decoder().layers``, else the module list that long."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    stack = getattr(decoder, "layers", None)
-    if isinstance(stack, torch.nn.ModuleList) and len(stack) == num_layers:
-        return stack
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise SemGradError(f"cannot find the {num_layers} decoder layers of {type(model).__name__}")
-
-
-@contextmanager
-def _recording(
-    head: torch.nn.Module,
-    layers: dict[int, torch.nn.Module],
-    store: dict[Any, Any],
-    cut: int | None = None,
-) -> Iterator[None]:
-    """Record the output projection's input and output and the given layers' outputs; always unhook.
-
-    Layer ``cut``'s output is replaced by a detached copy that requires grad, so the graph starts there.
-    Only this thread's forward is recorded: a generator sharing the weights in another thread is left alone.
-    """
-    owner = threading.get_ident()
-
-    def keep(key: Any) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], Any]:
-        def hook(module: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> Any:
-            if threading.get_ident() != owner:
-                return None
-            if key == "head":
-                if _needs_wide_head(head, inputs[0]):
-                    bias = getattr(head, "bias", None)
-                    output = _WideHead.apply(inputs[0], head.weight, bias)  # type: ignore[no-untyped-call]
-                    store[key] = (inputs[0], output)
-                    return output
-                store[key] = (inputs[0], output)
-                return None
-            hidden = output[0] if isinstance(output, tuple) else output
-            if key == cut:
-                hidden = hidden.detach().requires_grad_(True)
-                output = (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-            store[key] = hidden
-            return output if key == cut else None
-
-        return hook
-
-    handles = [head.register_forward_hook(keep("head"))]
-    try:
-        handles += [module.register_forward_hook(keep(index)) for index, module in layers.items()]
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _needs_wide_head(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
-    """Whether the output projection runs below float32 (its logits are then recomputed wide)."""
-    weight = getattr(head, "weight", None)
-    return isinstance(weight, torch.Tensor) and wide_dtype(hidden.dtype) != hidden.dtype
-
-
-class _WideHead(torch.autograd.Function):
-    """``hidden @ weight.T + bias`` in float32 for half-precision weights, upcasting the weight in chunks.
-
-    Rounding logits of size ~20 to bfloat16 moves a token's NLL by up to a nat; this keeps them exact to
-    float32 while holding no float32 copy of the weight (the backward upcasts the same chunks again).
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.hidden_dtype = hidden.dtype
-        wide = hidden.to(wide_dtype(hidden.dtype))
-        logits = torch.cat([wide @ rows.to(wide.dtype).T for _, rows in _row_chunks(weight)], dim=-1)
-        return logits if bias is None else logits + bias.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (weight,) = ctx.saved_tensors
-        hidden_grad = torch.zeros((*grad.shape[:-1], weight.shape[1]), dtype=grad.dtype, device=grad.device)
-        for start, rows in _row_chunks(weight):
-            hidden_grad += grad[..., start : start + len(rows)] @ rows.to(grad.dtype)
-        return hidden_grad.to(ctx.hidden_dtype), None, None
-
-
-def _row_chunks(weight: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """Consecutive row blocks of ``weight`` of about ``_WIDE_HEAD_CHUNK`` elements, with their first row."""
-    step = max(1, _WIDE_HEAD_CHUNK // weight.shape[1])
-    for start in range(0, weight.shape[0], step):
-        yield start, weight[start : start + step]
 
 
 def _output_grad_mean(dlogits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -247,67 +98,12 @@ def gradient_statistics(
     whose frequencies depend on the sequence length (dynamic NTK, longrope). Parameters that require grad
     are switched off for the pass and restored after it, so no graph is kept for weight gradients.
     """
-    with torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
-        if mode == "fast" and not _length_dependent_rope(model):
+    with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model):
+        if mode == "fast" and not length_dependent_rope(model):
             prefixes = _prefixes(model, pairs)
             if prefixes is not None:
                 return _fast(model, pairs, prefixes, layers, num_layers)
         return _naive(model, pairs, layers, num_layers)
-
-
-@contextmanager
-def _frozen_parameters(model: Any) -> Iterator[None]:
-    """Parameters that require grad stop requiring it for the pass and get it back afterwards, even on error.
-
-    Activations then keep only what their own gradients need. A model the scorer loaded itself is frozen at
-    load time, so this changes nothing there; a shared model is put back exactly as it was.
-    """
-    thawed = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    for parameter in thawed:
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter in thawed:
-            parameter.requires_grad_(True)
-
-
-def _length_dependent_rope(model: Any) -> bool:
-    """Whether the model's RoPE scaling depends on the sequence length a forward sees."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    found: list[Any] = []
-    for name in ("rope_parameters", "rope_scaling"):
-        value = getattr(config, name, None)
-        if isinstance(value, dict):
-            found += [value, *(v for v in value.values() if isinstance(v, dict))]
-    return any(str(params.get("rope_type", params.get("type"))) in _LENGTH_DEPENDENT_ROPE for params in found)
-
-
-def _cache_argument(model: Any) -> str:
-    """The keyword this transformers version takes a cache under (``cache`` since 5.x)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def output_cache(output: Any) -> Any:
-    """The key/value cache of a forward or ``generate`` output, under either transformers spelling."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else getattr(output, "past_key_values", None)
-
-
-def prefix_from_cache(cache: Any, length: int, row: int = 0) -> PrefixCache | None:
-    """Row ``row``'s first ``length`` key/value states of a plain full-attention cache, else ``None``."""
-    cache_layers = getattr(cache, "layers", None)
-    if not isinstance(cache, DynamicCache) or not cache_layers:
-        return None
-    if any(type(layer) is not DynamicLayer or layer.keys is None for layer in cache_layers):
-        return None
-    return PrefixCache(
-        layers=tuple(
-            (layer.keys[row : row + 1, :, :length], layer.values[row : row + 1, :, :length])
-            for layer in cache_layers
-        ),
-        length=length,
-    )
 
 
 def _prefixes(model: Any, pairs: Sequence[EncodedPair]) -> list[PrefixCache] | None:
@@ -389,7 +185,8 @@ def _fast(
     stack = decoder_layers(model, num_layers)
     store: dict[Any, Any] = {0: inputs}
     recorded = {layer: stack[layer - 1] for layer in layers if layer > 0}
-    with _recording(model.get_output_embeddings(), recorded, store, cut=lowest if lowest > 0 else None):
+    head = model.get_output_embeddings()
+    with recording(recorded, store, head=head, cut=lowest if lowest > 0 else None):
         # The layers below the lowest scored one need no graph: their activations are never differentiated.
         out = model(
             inputs_embeds=inputs,
@@ -397,7 +194,7 @@ def _fast(
             position_ids=positions,
             use_cache=True,
             logits_to_keep=torch.unique(torch.cat(steps)),
-            **{_cache_argument(model): DynamicCache(cache_data)},
+            **{cache_argument(model): DynamicCache(cache_data)},
         )
     rows = [pair.position - start for pair, start in zip(pairs, starts, strict=True)]
     return _statistics(out.logits, store, pairs, steps, rows, layers, span)
@@ -422,9 +219,8 @@ def _naive(
     # Hidden state l (l >= 1) is the output of decoder layer l - 1; hidden state 0 is the input embedding.
     stack = decoder_layers(model, num_layers)
     store: dict[Any, Any] = {0: inputs}
-    with _recording(
-        model.get_output_embeddings(), {layer: stack[layer - 1] for layer in layers if layer > 0}, store
-    ):
+    recorded = {layer: stack[layer - 1] for layer in layers if layer > 0}
+    with recording(recorded, store, head=model.get_output_embeddings()):
         out = model(
             inputs_embeds=inputs,
             attention_mask=mask,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from semgrad_guard.audit import (
+from semgrad_guard.evaluation.audit import (
     AuditedLabel,
     agreement,
     cohen_kappa,
@@ -18,10 +18,10 @@ from semgrad_guard.audit import (
     load_labels,
     resolve_labels,
 )
-from semgrad_guard.bench import BenchConfig, _labels, _write_rows
-from semgrad_guard.datasets import QAItem
-from semgrad_guard.judges import FALLBACK_JUDGE, JUDGES, containment, key_match, key_recall
-from semgrad_guard.labels import read_labelled
+from semgrad_guard.evaluation.bench import BenchConfig, _labels, _write_rows
+from semgrad_guard.evaluation.datasets import QAItem
+from semgrad_guard.evaluation.judges import FALLBACK_JUDGE, JUDGES, containment, key_match, key_recall
+from semgrad_guard.evaluation.labels import read_labelled
 
 PARIS = AuditedLabel(question="Capital of France?", answer="Paris", incorrect=0, reason="rule 1")
 ROME = AuditedLabel(question="Capital of Italy?", answer="Milan", incorrect=1, unsure=True, reason="wrong")

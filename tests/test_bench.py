@@ -11,10 +11,11 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import semgrad_guard
-from semgrad_guard import SemGradScorer, metrics
-from semgrad_guard.bench import BenchConfig, run_bench
+from semgrad_guard import SemGradScorer
 from semgrad_guard.cli import main
-from semgrad_guard.judges import JUDGES, containment, normalise, rouge_l
+from semgrad_guard.evaluation import metrics
+from semgrad_guard.evaluation.bench import BenchConfig, run_bench
+from semgrad_guard.evaluation.judges import JUDGES, containment, normalise, rouge_l
 
 
 def test_metrics_agree_with_sklearn() -> None:

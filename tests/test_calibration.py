@@ -13,7 +13,7 @@ import pytest
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.calibration import CalibrationBundle, LogisticMap, Threshold, features
-from semgrad_guard.fitting import SINGLE_FIELDS, _fit_map, fit_calibration
+from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, _fit_map, fit_calibration
 
 FIELDS = list(SINGLE_FIELDS)
 

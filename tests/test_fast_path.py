@@ -13,14 +13,9 @@ import pytest
 import torch
 
 from semgrad_guard import SemGradScorer
-from semgrad_guard.statistics import (
-    EncodedPair,
-    PassStatistics,
-    gradient_statistics,
-    num_layers,
-    output_cache,
-    prefix_from_cache,
-)
+from semgrad_guard.model_parts import num_layers, output_cache, prefix_from_cache
+from semgrad_guard.pairs import EncodedPair
+from semgrad_guard.statistics import PassStatistics, gradient_statistics
 from tests._tolerances import EXACT, FLOAT32
 
 

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from semgrad_guard import SemGradScorer, statistics
-from semgrad_guard.statistics import gradient_statistics, num_layers
+from semgrad_guard import SemGradScorer, model_parts, statistics
+from semgrad_guard.model_parts import num_layers
+from semgrad_guard.statistics import gradient_statistics
 
 
 def hooks(model: Any) -> int:
@@ -104,4 +105,4 @@ def test_decoder_layers_found_through_get_decoder(make_tiny: Callable[..., SemGr
     model = make_tiny().model
     # A decoy of the same length, met first when walking the modules.
     model.model.embed_tokens.decoy = torch.nn.ModuleList([torch.nn.Identity() for _ in range(4)])
-    assert statistics.decoder_layers(model, 4) is model.model.layers
+    assert model_parts.decoder_layers(model, 4) is model.model.layers

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from semgrad_guard import Score, SemGradScorer
-from semgrad_guard.statistics import gradient_statistics, num_layers
+from semgrad_guard.model_parts import num_layers
+from semgrad_guard.statistics import gradient_statistics
 from tests._tolerances import BFLOAT16, FLOAT16
 
 PAIRS = [

@@ -13,7 +13,6 @@ import torch
 
 from semgrad_guard import ModelProfile, SemGradScorer
 from semgrad_guard.cli import main
-from semgrad_guard.datasets import QAItem
 from semgrad_guard.directions import (
     ParaphraseDirections,
     paraphrase_differences,
@@ -21,8 +20,10 @@ from semgrad_guard.directions import (
     profile_directions,
 )
 from semgrad_guard.estimators import semgrad, semgrad_para
+from semgrad_guard.evaluation.datasets import QAItem
+from semgrad_guard.model_parts import num_layers
 from semgrad_guard.sps import compute_sps, fit_directions
-from semgrad_guard.statistics import PassStatistics, gradient_statistics, num_layers
+from semgrad_guard.statistics import PassStatistics, gradient_statistics
 from tests._tolerances import EXACT
 
 PAIRS = [

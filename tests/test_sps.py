@@ -14,7 +14,7 @@ import torch
 
 from semgrad_guard import ModelProfile, SemGradScorer
 from semgrad_guard.cli import main
-from semgrad_guard.datasets import QAItem, qa_prompt
+from semgrad_guard.evaluation.datasets import QAItem, qa_prompt
 from semgrad_guard.prompts import ChatFormat
 from semgrad_guard.sps import (
     SPSResult,

@@ -24,10 +24,13 @@ from typing import Any
 import torch
 
 from semgrad_guard import BatchingConfig, Score, SemGradScorer
+from semgrad_guard.loading import DTypeName
+from semgrad_guard.pairs import PassMode
 from semgrad_guard.prompts import Prompt
 
 __all__ = ["float64_norms", "precision_report"]
 
+HALF_DTYPES: tuple[DTypeName, ...] = ("bfloat16", "float16")
 FIELDS = ["semgrad", "hybridgrad", "param_grad", "exgrad", "mean_entropy", "nll", "max_token_nll"]
 
 
@@ -119,7 +122,8 @@ def table(rows: list[tuple[str, dict[str, float]]]) -> str:
 
 def zero_share(scorer: SemGradScorer) -> float:
     """Share of exactly-zero entries in the hidden-state gradient vectors the pass returns."""
-    from semgrad_guard.statistics import gradient_statistics, num_layers
+    from semgrad_guard.model_parts import num_layers
+    from semgrad_guard.statistics import gradient_statistics
 
     pairs = [scorer._encode(p, a) for p, a in PAIRS]
     layers = scorer.profile.layer_indices(num_layers(scorer.model))
@@ -152,7 +156,7 @@ def tied_ratio(scorer: SemGradScorer, prompt: str, answer: str) -> float:
 def precision_report(model: str | None = None, emit: Callable[[str], None] = print) -> None:
     """Measure every table and ``emit`` each as markdown when it is done (minutes on a 2-core CPU)."""
 
-    def scorer(dtype: str, mode: str = "fast") -> SemGradScorer:
+    def scorer(dtype: DTypeName, mode: PassMode = "fast") -> SemGradScorer:
         # The naive pass keeps every layer's attention weights: a batch padded to the 1050-token prompt
         # would need ~19 GB in float64, so its passes are capped at 2048 padded tokens (the long one alone).
         batching = BatchingConfig(max_batch_tokens=2048 if mode == "naive" else 16384)
@@ -161,7 +165,7 @@ def precision_report(model: str | None = None, emit: Callable[[str], None] = pri
             device="cpu",
             dtype=dtype,
             pass_mode=mode,
-            batching=batching,  # type: ignore[arg-type]
+            batching=batching,
         ).load()
 
     with float64_norms():
@@ -188,10 +192,10 @@ def precision_report(model: str | None = None, emit: Callable[[str], None] = pri
     )
     zeros.append(("float32", zero_share(scorer("float32"))))
     half_rows = []
-    for dtype in ("bfloat16", "float16"):
+    for dtype in HALF_DTYPES:
         # One by one and batched: the naive pass and threads run the same code as in float32, and CPUs
         # emulate half-precision attention slowly (no fused kernel), so they are left to float32.
-        half = SemGradScorer(model, device="cpu", dtype=dtype).load()  # type: ignore[arg-type]
+        half = SemGradScorer(model, device="cpu", dtype=dtype).load()
         single = [half.score(p, a) for p, a in PAIRS]
         half_rows.append((f"{dtype} single vs float32 single", deviation_row(single, float32["single"])))
         half_rows.append(

@@ -14,61 +14,44 @@ causal LM from questions and their paraphrases, with forward passes only:
    every prompt scores 0, not 1. Paraphrase-to-question retrieval accuracy is kept beside it.
 4. A layer band's SPS is the mean over its layers; the (offset, band) with the highest SPS is the profile.
 5. The same hidden states give the paraphrase directions at the chosen place
-   (:mod:`semgrad_guard.directions`), saved next to the profile for ``semgrad_para``;
-   :func:`fit_directions` fits them for any given profile.
+   (:mod:`semgrad_guard.sps.directions`), saved next to the profile for ``semgrad_para``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-from tqdm.auto import tqdm
 
-from semgrad_guard.cache import cache_dir
-from semgrad_guard.datasets import QAItem, load_qa, qa_prompt
 from semgrad_guard.directions import (
     DEFAULT_DIRECTIONS,
     ParaphraseDirections,
     directions_file,
-    paraphrase_differences,
-    principal_directions,
     resolve_directions,
 )
+from semgrad_guard.evaluation.datasets import QAItem
+from semgrad_guard.model_parts import num_layers
 from semgrad_guard.profiles import ModelProfile
 from semgrad_guard.prompts import ChatFormat, Prompt
-from semgrad_guard.statistics import decoder_layers, num_layers
+from semgrad_guard.sps.directions import directions_from_states
+from semgrad_guard.sps.states import DEFAULT_DATA, encode_items, load_default_items, tail_states
 
 __all__ = [
-    "DEFAULT_DATA",
     "PROBE_PROMPTS",
     "SPSResult",
-    "auto_profile",
-    "capture_hidden_states",
     "compute_sps",
-    "encode_items",
-    "fit_directions",
     "layer_bands",
-    "load_default_items",
     "preservation_scores",
     "sps_table",
     "template_tail_length",
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DATA = "sps_default.jsonl"
-"""The small set shipped in ``semgrad_guard/data``: SciQ and TruthfulQA dev questions with paraphrases."""
 
 _SENTINEL = "SEMGRAD SPS PROBE"
 
@@ -143,12 +126,6 @@ class SPSResult(BaseModel):
         return result.model_copy(update={"profile": ModelProfile.load(path)})
 
 
-def load_default_items() -> list[QAItem]:
-    """The shipped default set (works without the ``shared/data`` folder)."""
-    with resources.as_file(resources.files("semgrad_guard") / "data" / DEFAULT_DATA) as path:
-        return load_qa(path)
-
-
 def layer_bands(num_layers: int, width: int | None = None) -> list[tuple[int, int]]:
     """Half-overlapping windows of ``width`` layers (default: half the stack, as the paper averages).
 
@@ -196,147 +173,6 @@ def preservation_scores(vectors: torch.Tensor, source: torch.Tensor) -> tuple[to
     best = sims.argmax(1)
     hit = (questions[best] == source[paraphrase].reshape(-1, *([1] * (best.dim() - 1)))).double()
     return (within - between).mean(0), hit.mean(0)
-
-
-@contextmanager
-def capture_hidden_states(model: Any, num_layers: int, store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record hidden states 0..num_layers-1 (embeddings, then decoder layer outputs); always unhook."""
-
-    def keep(index: int) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
-        def hook(module: torch.nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            store[index] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    stack = decoder_layers(model, num_layers)
-    handles = [model.get_input_embeddings().register_forward_hook(keep(0))]
-    was_training = bool(model.training)
-    try:
-        handles += [stack[layer - 1].register_forward_hook(keep(layer)) for layer in range(1, num_layers)]
-        model.eval()
-        yield
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-
-
-def _tail_states(
-    model: Any, prompts: list[list[int]], offsets: list[int], num_layers: int, batch_size: int, progress: bool
-) -> torch.Tensor:
-    """Hidden states (prompts, offsets, layers, width) at ``length + offset`` of each right-padded prompt."""
-    device = model.get_input_embeddings().weight.device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    result: torch.Tensor | None = None
-    store: dict[int, torch.Tensor] = {}
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    with capture_hidden_states(model, num_layers, store), torch.inference_mode():
-        for batch in tqdm(batches, desc="SPS forward passes", unit="batch", disable=not progress):
-            lengths = torch.tensor([len(prompts[i]) for i in batch], device=device)
-            ids = torch.zeros((len(batch), int(lengths.max())), dtype=torch.long, device=device)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[row]] = torch.tensor(prompts[index], device=device)
-            mask = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
-            model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-            positions = lengths[:, None] + torch.tensor(offsets, device=device)[None, :]
-            rows = torch.arange(len(batch), device=device)[:, None]
-            states = torch.stack([store[layer][rows, positions] for layer in range(num_layers)], dim=2)
-            if result is None:
-                result = torch.empty((len(prompts), *states.shape[1:]), dtype=torch.float32)
-            result[batch] = states.float().cpu()
-    assert result is not None
-    return result
-
-
-def encode_items(
-    tokenizer: Any, items: Sequence[QAItem], max_paraphrases: int = 4
-) -> tuple[list[list[int]], list[int]]:
-    """Production prompts of every question and its paraphrases, and each prompt's source row.
-
-    ``source[i]`` is the row of prompt i's original question (a question is its own source).
-    """
-    chat = ChatFormat(tokenizer)
-    prompts: list[list[int]] = []
-    source: list[int] = []
-    for item in items:
-        first = len(prompts)
-        for text in [item.question, *item.paraphrases[:max_paraphrases]]:
-            prompts.append(chat.encode_prompt(qa_prompt(text)))
-            source.append(first)
-    return prompts, source
-
-
-def _directions(
-    states: torch.Tensor,
-    source: list[int],
-    k: int,
-    profile: ModelProfile,
-    *,
-    name: str,
-    data: str,
-    n_questions: int,
-) -> ParaphraseDirections:
-    """Directions from hidden states (prompts, layers, width) already taken at the profile's place."""
-    assert profile.layers is not None
-    differences = paraphrase_differences(states, source)
-    vectors, singular, energy = principal_directions(differences, k)
-    return ParaphraseDirections(
-        vectors=vectors,
-        singular_values=singular,
-        energy=energy,
-        layers=tuple(profile.layers),
-        offset=profile.offset,
-        model=name,
-        data=data,
-        n_questions=n_questions,
-        n_differences=len(differences),
-    )
-
-
-def fit_directions(
-    model: Any,
-    tokenizer: Any,
-    profile: ModelProfile,
-    items: Sequence[QAItem] | None = None,
-    *,
-    k: int = DEFAULT_DIRECTIONS,
-    name: str = "model",
-    data: str | None = None,
-    max_paraphrases: int = 4,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> ParaphraseDirections:
-    """Paraphrase directions at a given profile's position and layers: forward passes only, model unchanged.
-
-    Per layer, the top-``k`` principal components (about zero) of the hidden-state differences paraphrase
-    minus original question (:mod:`semgrad_guard.directions`). ``items`` default to the shipped set. When the
-    profile names an anchor, every prompt must have it at the offset (``ValueError`` otherwise).
-    """
-    if items is None:
-        items, data = load_default_items(), data or DEFAULT_DATA
-    usable = [item for item in items if item.paraphrases]
-    if not usable:
-        raise ValueError("paraphrase directions need questions that have paraphrases")
-    layer_count = num_layers(model)
-    profile = profile.resolved(layer_count)
-    assert profile.layers is not None
-    prompts, source = encode_items(tokenizer, usable, max_paraphrases)
-    if min(len(p) for p in prompts) < -profile.offset:
-        raise ValueError(f"a prompt is shorter than offset {profile.offset}")
-    if profile.anchor is not None:
-        found = {tokenizer.convert_ids_to_tokens(p[profile.offset]) for p in prompts}
-        if found != {profile.anchor}:
-            raise ValueError(f"offset {profile.offset} lands on {sorted(found)}, not {profile.anchor!r}")
-    states = _tail_states(model, prompts, [profile.offset], layer_count, batch_size, progress)
-    return _directions(
-        states[:, 0, list(profile.layers)],
-        source,
-        k,
-        profile,
-        name=name,
-        data=data or "user items",
-        n_questions=len(usable),
-    )
 
 
 def _probe_tokens(tokenizer: Any, offset: int) -> dict[str, str]:
@@ -399,7 +235,7 @@ def compute_sps(
         raise ValueError(f"a prompt is shorter than offset {offsets[0]}")
 
     layer_count = num_layers(model)
-    states = _tail_states(model, prompts, offsets, layer_count, batch_size, progress)
+    states = tail_states(model, prompts, offsets, layer_count, batch_size, progress)
     sps, retrieval = preservation_scores(states, torch.tensor(source))  # (offsets, layers) each
 
     bands = layer_bands(layer_count, band_width)
@@ -441,7 +277,7 @@ def compute_sps(
         seconds=time.perf_counter() - start,
     )
     if directions:
-        result._directions = _directions(
+        result._directions = directions_from_states(
             states[:, pick, list(profile.layers or ())],
             source,
             directions,
@@ -489,27 +325,3 @@ def sps_table(result: SPSResult) -> str:
         kind = "template" if template else "question"
         lines.append(f"| {offset} | `{token}` | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _cache_path(model: Any, tokenizer: Any, name: str) -> Path:
-    """``cache_dir()/profiles/<name>-<hash>.json``; the hash covers the config and the chat template."""
-    identity = "\n".join(
-        [name, model.config.to_json_string(), str(getattr(tokenizer, "chat_template", "")), DEFAULT_DATA]
-    )
-    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:12]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-64:]
-    return cache_dir() / "profiles" / f"{slug}-{digest}.json"
-
-
-def auto_profile(model: Any, tokenizer: Any, name: str) -> ModelProfile:
-    """The SPS profile of this model from the shipped set: computed once, then read from the user cache."""
-    path = _cache_path(model, tokenizer, name)
-    if path.is_file():
-        return ModelProfile.load(path)
-    logger.info("Computing the SPS profile of %s once; it is cached in %s", name, path)
-    result = compute_sps(model, tokenizer, name=name, progress=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    result.save(partial, directions_path=directions_file(path))  # the directions file first, atomically
-    partial.replace(path)  # atomic: a process scoring with the same model never reads half a file
-    return ModelProfile.load(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semgrad_guard.judges import rouge_l
+from semgrad_guard.evaluation.judges import rouge_l
 
 __all__ = ["CLUSTER_THRESHOLD", "degree", "eigenvalue", "lexical_similarity", "semantic_entropy"]
 

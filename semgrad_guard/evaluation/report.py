@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from semgrad_guard import metrics
+from semgrad_guard.evaluation import metrics
 
 __all__ = ["label_description", "markdown_table", "write_calibration_report", "write_report"]
 
@@ -120,7 +120,7 @@ def write_calibration_report(
     import matplotlib.pyplot as plt
 
     from semgrad_guard.calibration import features
-    from semgrad_guard.fitting import split_indices
+    from semgrad_guard.evaluation.fitting import split_indices
 
     out.mkdir(parents=True, exist_ok=True)
     _, _, test = split_indices(len(rows), seed)

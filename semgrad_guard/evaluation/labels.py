@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from semgrad_guard.bench import SINGLE_PASS
-from semgrad_guard.judges import FALLBACK_JUDGE
+from semgrad_guard.evaluation.judges import FALLBACK_JUDGE
+from semgrad_guard.evaluation.methods import SINGLE_PASS
 
 __all__ = ["LabelledScores", "read_labelled"]
 

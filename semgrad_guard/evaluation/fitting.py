@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from semgrad_guard.bench import SINGLE_PASS
 from semgrad_guard.calibration import CalibrationBundle, IsotonicMap, LogisticMap, Threshold, features
-from semgrad_guard.metrics import auroc
+from semgrad_guard.evaluation.methods import SINGLE_PASS
+from semgrad_guard.evaluation.metrics import auroc
 from semgrad_guard.results import RawField
 
 __all__ = [

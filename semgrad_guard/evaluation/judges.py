@@ -1,8 +1,8 @@
 """Automatic correctness judges: does an answer match any reference? Each returns 1 for incorrect.
 
-The benchmark prefers audited labels (:mod:`semgrad_guard.audit`); these judges label the rows that have
-none, and every judge's label is written for every row. docs/judges.md measures each against the audited
-labels: ``key-match`` (the fallback) agrees best; the embedding judges are weak on sentence answers.
+The benchmark prefers audited labels (:mod:`semgrad_guard.evaluation.audit`); these judges label the rows
+that have none, and every judge's label is written for every row. docs/judges.md measures each against the
+audited labels: ``key-match`` (the fallback) agrees best; the embedding judges are weak on sentence answers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from semgrad_guard.embeddings import SentenceEmbedder
+from semgrad_guard.evaluation.embeddings import SentenceEmbedder
 
 __all__ = [
     "FALLBACK_JUDGE",

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from semgrad_guard.cache import cache_dir
 from semgrad_guard.errors import ModelLoadError
@@ -54,7 +53,7 @@ class SentenceEmbedder:
 
     def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
         """Remember where to run; nothing loads yet."""
-        self.device = torch.device(device)
+        self.device = device
         self.batch_size = batch_size
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any] | None = None
@@ -71,6 +70,8 @@ class SentenceEmbedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` into an (n, 384) float32 array of unit vectors."""
+        import torch
+
         tokenizer, model = self._load()
         chunks = []
         for start in range(0, len(texts), self.batch_size):

@@ -44,7 +44,7 @@ class AuditedLabel(BaseModel):
 
 def label_dirs() -> list[Path]:
     """Where labels of named sets are looked up: ``$SEMGRAD_GUARD_LABELS``, then ``benchmarks/labels``."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     explicit = os.environ.get("SEMGRAD_GUARD_LABELS")
     return ([Path(explicit)] if explicit else []) + [checkout / "benchmarks" / "labels"]
 

@@ -32,7 +32,7 @@ def qa_prompt(question: str) -> str:
 
 def data_dirs() -> list[Path]:
     """Where named sets are looked up: ``$SEMGRAD_GUARD_DATA``, then ``shared/data`` beside the checkout."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     dirs = [checkout.parent / "shared" / "data", checkout / "shared" / "data"]
     explicit = os.environ.get("SEMGRAD_GUARD_DATA")
     return ([Path(explicit)] if explicit else []) + dirs

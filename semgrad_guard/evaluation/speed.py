@@ -29,16 +29,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from semgrad_guard.datasets import QAItem, qa_prompt
+from semgrad_guard.evaluation.datasets import QAItem, qa_prompt
+from semgrad_guard.model_parts import num_layers, output_cache, prefix_from_cache
+from semgrad_guard.pairs import EncodedPair
 from semgrad_guard.prompts import ChatFormat
 from semgrad_guard.scorer import SemGradScorer
-from semgrad_guard.statistics import (
-    EncodedPair,
-    gradient_statistics,
-    num_layers,
-    output_cache,
-    prefix_from_cache,
-)
+from semgrad_guard.statistics import gradient_statistics
 
 __all__ = ["SpeedConfig", "run_speed", "speed_markdown"]
 

@@ -23,30 +23,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from semgrad_guard import metrics, sampling
-from semgrad_guard.audit import AuditedLabel, find_labels, load_labels, resolve_labels
-from semgrad_guard.datasets import QAItem, load_qa, qa_prompt
-from semgrad_guard.embeddings import SentenceEmbedder
-from semgrad_guard.judges import FALLBACK_JUDGE, JUDGES, JudgeName, judge_all
+from semgrad_guard.evaluation import metrics, sampling
+from semgrad_guard.evaluation.audit import AuditedLabel, find_labels, load_labels, resolve_labels
+from semgrad_guard.evaluation.datasets import QAItem, load_qa, qa_prompt
+from semgrad_guard.evaluation.embeddings import SentenceEmbedder
+from semgrad_guard.evaluation.judges import FALLBACK_JUDGE, JUDGES, JudgeName, judge_all
+from semgrad_guard.evaluation.methods import GRADIENT, METHODS, SAMPLING, SANITY, SINGLE_PASS
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
 
-__all__ = ["METHODS", "BenchConfig", "run_bench"]
-
-SINGLE_PASS = {  # method -> Score field; all come from the one forward/backward pass
-    "semgrad": "semgrad",
-    "hybridgrad": "hybridgrad",
-    "exgrad": "exgrad",
-    "pe": "nll",
-    "ln_pe": "ln_nll",
-    "mean_entropy": "mean_entropy",
-    "max_token_nll": "max_token_nll",
-}
-COMBINED = ("combined",)  # logistic over the single-pass scores, fitted out of fold on the main labels
-SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
-SANITY = ("length", "neg_length", "random")
-METHODS = (*SINGLE_PASS, *COMBINED, *SAMPLING, *SANITY)
-GRADIENT = ("semgrad", "hybridgrad", "exgrad")
+__all__ = ["BenchConfig", "run_bench"]
 
 
 class BenchConfig(BaseModel):
@@ -156,7 +142,7 @@ def _score(
 
 def _combined(columns: dict[str, list[float]], wrong: list[int], seed: int) -> list[float]:
     """The combined risk (logistic over every single-pass score), predicted out of fold: never in-sample."""
-    from semgrad_guard.fitting import out_of_fold_risk
+    from semgrad_guard.evaluation.fitting import out_of_fold_risk
 
     fields = list(SINGLE_PASS.values())
     rows = [
@@ -183,7 +169,7 @@ def _forward_seconds(scorer: SemGradScorer, pairs: list[tuple[str, str]]) -> flo
 
 def _shown(path: Path) -> str:
     """A path relative to the checkout where it lies inside it (results files stay machine-independent)."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     resolved = path.resolve()
     return str(resolved.relative_to(checkout)) if resolved.is_relative_to(checkout) else str(path)
 
@@ -247,7 +233,7 @@ def run_bench(
     config: BenchConfig, scorer: SemGradScorer | None = None, embedder: SentenceEmbedder | None = None
 ) -> dict[str, Any]:
     """Run the benchmark and write its files into ``config.out``; returns what results.json holds."""
-    from semgrad_guard.report import write_report
+    from semgrad_guard.evaluation.report import write_report
 
     scorer = scorer or SemGradScorer(config.model)
     embedder = embedder or SentenceEmbedder()

@@ -1,0 +1,20 @@
+"""The benchmark's methods by name, shared by bench, fitting and labels (no import cycle between them)."""
+
+from __future__ import annotations
+
+__all__ = ["COMBINED", "GRADIENT", "METHODS", "SAMPLING", "SANITY", "SINGLE_PASS"]
+
+SINGLE_PASS = {  # method -> Score field; all come from the one forward/backward pass
+    "semgrad": "semgrad",
+    "hybridgrad": "hybridgrad",
+    "exgrad": "exgrad",
+    "pe": "nll",
+    "ln_pe": "ln_nll",
+    "mean_entropy": "mean_entropy",
+    "max_token_nll": "max_token_nll",
+}
+COMBINED = ("combined",)  # logistic over the single-pass scores, fitted out of fold on the main labels
+SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
+SANITY = ("length", "neg_length", "random")
+METHODS = (*SINGLE_PASS, *COMBINED, *SAMPLING, *SANITY)
+GRADIENT = ("semgrad", "hybridgrad", "exgrad")
