@@ -71,18 +71,28 @@ class MicroBatcher(Generic[Item, Result]):
         for item in items:
             future: Future[Result] = Future()
             self._ensure_worker()
-            try:
-                self._queue.put((item, future), timeout=self.config.queue_timeout_s)
-            except queue.Full:
-                for queued in futures:
-                    queued.cancel()
-                raise ScorerBusyError(
-                    f"{self.config.max_queue} pairs are already waiting and no room came within "
-                    f"{self.config.queue_timeout_s} s"
-                ) from None
+            while not self._put(item, future, futures):
+                pass
             futures.append(future)
         self._ensure_worker()  # after the last put: a worker that just went idle may have missed it
         return futures
+
+    def _put(self, item: Item, future: Future[Result], mine: list[Future[Result]]) -> bool:
+        """Queue one item; ``False`` to try again.
+
+        A batch larger than the queue is admitted in parts: while this caller's own earlier items are still
+        waiting or running, waiting for room is not a refusal.
+        """
+        try:
+            self._queue.put((item, future), timeout=self.config.queue_timeout_s)
+        except queue.Full:
+            if any(not queued.done() for queued in mine):
+                return False
+            raise ScorerBusyError(
+                f"{self.config.max_queue} pairs are already waiting and no room came within "
+                f"{self.config.queue_timeout_s} s"
+            ) from None
+        return True
 
     def _ensure_worker(self) -> None:
         with self._start:

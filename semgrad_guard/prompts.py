@@ -6,12 +6,13 @@ tokenized without special tokens, followed by the token that ends an assistant t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from semgrad_guard.errors import ChatTemplateError, EmptyAnswerError, InvalidInputError
+from semgrad_guard.errors import ChatTemplateError, EmptyAnswerError, InputTooLongError, InvalidInputError
 
-__all__ = ["ChatFormat", "Prompt", "generation_prompt_ids"]
+__all__ = ["MAX_CHARS_PER_TOKEN", "ROLES", "ChatFormat", "Prompt", "generation_prompt_ids"]
 
 Prompt: TypeAlias = str | Sequence[Mapping[str, str]]
 """One user turn as a string, or a list of ``{"role", "content"}`` messages."""
@@ -30,12 +31,16 @@ def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation
             list(messages), add_generation_prompt=generation_prompt, tokenize=False
         )
     except Exception as exc:  # jinja raises its own errors for messages a template rejects
-        raise ChatTemplateError(f"the chat template rejected these messages: {exc}") from exc
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ChatTemplateError(f"the chat template rejected these messages: {reason}") from exc
     return str(text)
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _ids(tokenizer: Any, text: str, *, quoted: bool = False) -> list[int]:
+    """Token ids of ``text``; ``quoted`` text never yields special tokens, whatever it spells."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=quoted)["input_ids"])
 
 
 def generation_prompt_ids(tokenizer: Any) -> list[int]:
@@ -63,45 +68,133 @@ def _end_of_turn_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def _check_messages(prompt: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    if not prompt:
-        raise ChatTemplateError("the prompt has no messages")
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "ipython", "function"})
+"""Message roles chat templates know; any other role is refused rather than rendered as a new header."""
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+MAX_CHARS_PER_TOKEN = 32
+"""Text longer than ``MAX_CHARS_PER_TOKEN`` characters per token of context is refused before tokenizing."""
+
+
+def _is_blank(text: str) -> bool:
+    """Whitespace, control and format characters only (NUL, zero-width space, BOM...): nothing to score."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def _check_text(text: str, what: str, max_chars: int | None) -> None:
+    """Refuse text no tokenizer should see: lone surrogates, or more characters than any context holds."""
+    if max_chars is not None and len(text) > max_chars:
+        raise InputTooLongError(f"{what} has {len(text)} characters, more than {max_chars} fit any context")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
+
+
+def _check_messages(prompt: object, max_chars: int | None) -> list[dict[str, str]]:
+    """Validated ``{"role", "content"}`` messages; errors name the problem, never the message text."""
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable):
+        raise InvalidInputError(
+            f"the prompt must be a string or a list of messages, got {type(prompt).__name__}"
+        )
     messages = []
     for i, message in enumerate(prompt):
-        if not isinstance(message, Mapping) or not {"role", "content"} <= set(message):
-            raise ChatTemplateError(f"message {i} is not a {{'role', 'content'}} mapping: {message!r}")
-        if not isinstance(message["role"], str) or not isinstance(message["content"], str):
+        if not isinstance(message, Mapping):
+            raise ChatTemplateError(f"message {i} is a {type(message).__name__}, not a role/content mapping")
+        missing = {"role", "content"} - set(message)
+        if missing:
+            raise ChatTemplateError(f"message {i} has no {' or '.join(sorted(missing))}")
+        role, content = message["role"], message["content"]
+        if not isinstance(role, str) or not isinstance(content, str):
             raise ChatTemplateError(f"message {i} needs string role and content")
-        messages.append({"role": message["role"], "content": message["content"]})
+        if role not in ROLES:
+            raise ChatTemplateError(f"message {i} has an unknown role; expected one of {sorted(ROLES)}")
+        _check_text(content, f"message {i}", max_chars)
+        messages.append({"role": role, "content": content})
+    if not messages:
+        raise ChatTemplateError("the prompt has no messages")
+    if all(m["role"] in _INSTRUCTION_ROLES for m in messages):
+        raise ChatTemplateError("the prompt has only system messages: there is no question to answer")
     if messages[-1]["role"] == "assistant":
         raise ChatTemplateError("the prompt ends with an assistant message; the answer is scored separately")
     return messages
 
 
 class ChatFormat:
-    """Encodes prompts and answers for one tokenizer; the template probes run once, here."""
+    """Encodes prompts and answers for one tokenizer; the template probes run once, here.
 
-    def __init__(self, tokenizer: Any) -> None:
+    Text from users, documents and providers never becomes a control token: an answer, or a message's
+    content, that spells ``<|im_end|>`` is tokenized as those characters, not as the end of a turn.
+    ``max_chars`` bounds the work spent on text before it is refused as too long.
+    """
+
+    def __init__(self, tokenizer: Any, max_chars: int | None = None) -> None:
         """Probe the tokenizer's template for its end-of-turn token."""
         self.tokenizer = tokenizer
+        self.max_chars = max_chars
         self.end_of_turn_id = _end_of_turn_id(tokenizer)
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self._control = sorted(
+            {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+            | {str(t) for t in added.values() if getattr(t, "special", True)},
+            key=len,
+            reverse=True,
+        )
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Prompt ids: the chat template applied with the generation prompt (raw text without a template)."""
         if isinstance(prompt, str):
+            _check_text(prompt, "the prompt", self.max_chars)
             if not _has_template(self.tokenizer):
-                return list(self.tokenizer(prompt)["input_ids"])
+                return list(self.tokenizer(prompt, split_special_tokens=True)["input_ids"])
             messages = [{"role": "user", "content": prompt}]
         else:
+            messages = _check_messages(prompt, self.max_chars)
             if not _has_template(self.tokenizer):
                 raise ChatTemplateError("chat messages were given, but this tokenizer has no chat template")
-            messages = _check_messages(prompt)
-        return _ids(self.tokenizer, _render(self.tokenizer, messages, generation_prompt=True))
+        rendered = _render(self.tokenizer, messages, generation_prompt=True)
+        if not any(self._spells_control(m["content"]) for m in messages):
+            return _ids(self.tokenizer, rendered)
+        return self._encode_quoted(messages, rendered)
 
     def encode_answer(self, answer: str) -> list[int]:
         """Answer ids: the text without special tokens, then the end-of-turn token."""
         if not isinstance(answer, str):
             raise InvalidInputError(f"the answer must be a string, got {type(answer).__name__}")
-        if not answer.strip():
-            raise EmptyAnswerError("the answer is empty or whitespace only")
-        return [*_ids(self.tokenizer, answer), self.end_of_turn_id]
+        _check_text(answer, "the answer", self.max_chars)
+        if _is_blank(answer):
+            raise EmptyAnswerError("the answer is empty, or only whitespace and invisible characters")
+        return [*_ids(self.tokenizer, answer, quoted=True), self.end_of_turn_id]
+
+    def _spells_control(self, text: str) -> bool:
+        return any(token in text for token in self._control)
+
+    def _encode_quoted(self, messages: list[dict[str, str]], rendered: str) -> list[int]:
+        """The template's own text with its control tokens, each message's content with none.
+
+        The template is rendered again with a private-use placeholder for each content, which splits it
+        into template text and content slots exactly (no search in the text, which could match a control
+        token of the template itself).
+        """
+        marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
+        skeleton = _render(
+            self.tokenizer,
+            [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)],
+            generation_prompt=True,
+        )
+        refused = ChatTemplateError(
+            "a message spells a control token and this template rewrites message text, so it cannot be "
+            "kept from becoming one"
+        )
+        pieces, rest = [], skeleton
+        for mark in marks:
+            before, found, rest = rest.partition(mark)
+            if not found:
+                raise refused
+            pieces.append(before)
+        contents = [m["content"] for m in messages]
+        if "".join(p + c for p, c in zip(pieces, contents, strict=True)) + rest != rendered:
+            raise refused
+        ids: list[int] = []
+        for piece, content in zip(pieces, contents, strict=True):
+            ids += _ids(self.tokenizer, piece) + _ids(self.tokenizer, content, quoted=True)
+        return ids + _ids(self.tokenizer, rest)

@@ -26,7 +26,7 @@ from semgrad_guard.errors import (
 from semgrad_guard.loading import DTypeName, LoadedModel, load_model, resolve_device, resolve_dtype
 from semgrad_guard.pairs import EncodedPair, PassMode
 from semgrad_guard.profiles import ModelProfile, resolve_profile
-from semgrad_guard.prompts import ChatFormat, Prompt
+from semgrad_guard.prompts import MAX_CHARS_PER_TOKEN, ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
 
 if TYPE_CHECKING:
@@ -147,7 +147,8 @@ class SemGradScorer:
         with self._lock:
             if self._loaded is None:
                 self._loaded = self._load()
-                self._format = ChatFormat(self._loaded.tokenizer)
+                tokens = _context_length(self._loaded.model, self.config.max_length)
+                self._format = ChatFormat(self._loaded.tokenizer, max_chars=tokens * MAX_CHARS_PER_TOKEN)
                 model, tokenizer, name = self._loaded.model, self._loaded.tokenizer, self._loaded.name
                 if self._requested_profile == "auto":
                     from semgrad_guard.sps import auto_profile  # research tooling, only when asked for
@@ -212,9 +213,7 @@ class SemGradScorer:
     @property
     def context_length(self) -> int:
         """The longest prompt + answer, in tokens, this scorer accepts."""
-        model = self.model
-        limits = [getattr(model.config, "max_position_embeddings", None), self.config.max_length]
-        return min((int(n) for n in limits if n), default=1 << 30)
+        return _context_length(self.model, self.config.max_length)
 
     def _ready(self) -> tuple[LoadedModel, ChatFormat, ModelProfile]:
         self.load()
@@ -260,9 +259,9 @@ class SemGradScorer:
         loaded, _, _ = self._ready()
         slots: list[Score | Future[Score] | None] = [None] * len(pairs)
         encoded: list[tuple[int, EncodedPair]] = []
-        for index, (prompt, answer) in enumerate(pairs):
+        for index, pair in enumerate(pairs):
             try:
-                encoded.append((index, self._encode(prompt, answer)))
+                encoded.append((index, self._encode_pair(pair)))
             except InvalidInputError as exc:
                 if errors == "raise":
                     raise
@@ -360,6 +359,22 @@ class SemGradScorer:
             answers.append([int(t) for t in row[:end]])
         return answers, model_parts.output_cache(output)
 
+    def _encode_pair(self, pair: object) -> EncodedPair:
+        """One caller's pair, encoded; anything that makes it unscorable is an :class:`InvalidInputError`.
+
+        The checks in :mod:`semgrad_guard.prompts` name every known problem; a tokenizer failing on input
+        they did not foresee is still the caller's input, so it is reported the same way (by type only:
+        reasons never repeat the text).
+        """
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise InvalidInputError(f"a pair must be (prompt, answer), got {type(pair).__name__}")
+        try:
+            return self._encode(pair[0], pair[1])
+        except InvalidInputError:
+            raise
+        except (TypeError, ValueError, UnicodeError, RecursionError, IndexError, KeyError) as exc:
+            raise InvalidInputError(f"the pair could not be tokenized ({type(exc).__name__})") from exc
+
     def _encode(self, prompt: Prompt, answer: str) -> EncodedPair:
         _, chat, profile = self._ready()
         answer_ids = chat.encode_answer(answer)
@@ -405,3 +420,9 @@ class SemGradScorer:
             )
             for pair, stat in zip(pairs, stats, strict=True)
         ]
+
+
+def _context_length(model: Any, max_length: int | None) -> int:
+    """The model's context or ``max_length``, whichever is smaller, in tokens."""
+    limits = [getattr(model.config, "max_position_embeddings", None), max_length]
+    return min((int(n) for n in limits if n), default=1 << 30)
