@@ -32,6 +32,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 	cd $(LANGCHAIN) && ../../$(PY) -m mypy
 	cd $(LLAMAINDEX) && ../../$(PY) -m mypy
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 
 test: lint
 	$(PY) -m pytest

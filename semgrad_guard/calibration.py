@@ -30,6 +30,7 @@ __all__ = [
     "Threshold",
     "features",
     "load_calibration",
+    "shipped_calibration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,11 +141,23 @@ class CalibrationBundle(BaseModel):
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
-def load_calibration(source: CalibrationBundle | str | Path, model_name: str) -> CalibrationBundle:
-    """A bundle from an object, a JSON path, or ``"default"`` (the embedded model's).
+def shipped_calibration(model_name: str) -> CalibrationBundle | None:
+    """The bundle shipped for this scoring model (matched by the name scores report), if there is one."""
+    for path in sorted(DEFAULT_CALIBRATION.parent.glob("*.json")):
+        bundle = CalibrationBundle.load(path)
+        if bundle.model == model_name:
+            return bundle
+    return None
 
-    Warns when the bundle was fitted for another model: risks do not transfer between models.
+
+def load_calibration(source: CalibrationBundle | str | Path, model_name: str) -> CalibrationBundle | None:
+    """A bundle from an object, a JSON path, ``"default"`` (the embedded model's), or ``"auto"``.
+
+    ``"auto"`` is the bundle shipped for this model, or ``None`` when none was shipped. Warns when the bundle
+    was fitted for another model: risks do not transfer between models.
     """
+    if str(source) == "auto":
+        return shipped_calibration(model_name)
     if isinstance(source, CalibrationBundle):
         bundle = source
     else:

@@ -7,12 +7,17 @@ evaluation tooling and ``--help`` loads no model library.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 from pydantic import BaseModel
 
@@ -36,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         "score",
         help="score (prompt, answer) pairs; higher = more likely wrong",
         description="Score one pair given as flags, or every line of a JSONL file "
-        '({"prompt": str or [{"role", "content"}, ...], "answer": str, "id": optional}).',
+        '({"prompt": str or [{"role", "content"}, ...], "answer": str, "id": optional}). The output has '
+        "one line per input line, in order, written as each batch is scored; a line that cannot be read or "
+        "scored (blank, not UTF-8 or JSON, wrong fields) gets valid: false and an invalid_reason. An "
+        "--output file is replaced only once complete.",
     )
     single = score.add_argument_group("one pair")
     single.add_argument("--prompt", help="the user turn (the chat template is applied)")
@@ -222,30 +230,242 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _records(stream: TextIO) -> Iterator[tuple[Any, Prompt | None, str | None, str | None]]:
-    """(id, prompt, answer, problem) per non-empty line; a line that cannot be read keeps its place."""
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            prompt, answer = record["prompt"], record["answer"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            yield number, None, None, f"invalid_record: line {number}: {exc!r}"
-            continue
-        yield record.get("id", number), prompt, answer, None
+class _Refused(Exception):
+    """Why the score command cannot run, in one line (exit status 2, no traceback)."""
 
 
-def _score_file(scorer: SemGradScorer, source: TextIO, sink: TextIO) -> int:
-    records = list(_records(source))
-    readable = [(prompt, answer) for _, prompt, answer, problem in records if problem is None]
-    scores = iter(scorer.score_batch(readable, errors="mark", progress=True))  # type: ignore[arg-type]
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its type and its message with line breaks folded (pydantic's span lines)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
+
+
+def _check_device(name: str) -> None:
+    """Refuse a device this machine does not have before any model is read (``auto`` always exists)."""
+    if name == "auto":
+        return
+    import torch  # the score command loads it anyway; --help and the other commands do not
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise _Refused(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise _Refused(f"--device {name}: no CUDA device is available here")
+        if device.index is not None and device.index >= count:
+            raise _Refused(f"--device {name}: no such device (this machine has {count} CUDA device(s))")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise _Refused(f"--device {name}: MPS is not available here")
+
+
+def _check_score_args(args: argparse.Namespace) -> None:
+    """Refuse, before loading anything, flags and paths the score command cannot work with."""
+    if args.batch_size < 1:
+        raise _Refused(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_length is not None and args.max_length < 2:
+        raise _Refused(f"--max-length must be at least 2 tokens, got {args.max_length}")
+    if args.profile is not None and not args.profile.is_file():
+        problem = "is not a file" if args.profile.exists() else "no such file"
+        raise _Refused(f"--profile {args.profile}: {problem}")
+    reading = args.input is not None and str(args.input) != "-"
+    if reading and args.input.is_dir():
+        raise _Refused(f"--input {args.input} is a folder, not a file")
+    if reading and not args.input.exists():
+        raise _Refused(f"--input {args.input}: no such file")
+    if args.input is not None and args.output is not None:
+        if args.output.is_dir():
+            raise _Refused(f"--output {args.output} is a folder, not a file")
+        folder = args.output.resolve().parent
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise _Refused(f"--output {args.output}: the folder {folder} {problem}")
+        if reading and (
+            args.output.resolve() == args.input.resolve()
+            or (args.output.exists() and args.output.samefile(args.input))
+        ):
+            raise _Refused(f"--output {args.output} is the --input file; write the scores to another file")
+    _check_device(args.device)
+
+
+def _reject_constant(name: str) -> None:
+    """``json.loads`` hook: NaN and Infinity are not JSON, whatever Python's reader accepts."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads`` hook: a number too large for a float (``1e999``) would be written back as Infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
+def _surrogate_in(value: object) -> bool:
+    """Whether a prompt or answer as read holds a lone surrogate (an unpaired UTF-16 escape): no text."""
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list):
+        texts = [v for m in value if isinstance(m, dict) for v in m.values() if isinstance(v, str)]
+    else:
+        texts = []
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+Record = tuple[Any, "tuple[Prompt, str] | str"]
+"""(id, item) of one input line: the item is its (prompt, answer) pair, or the reason it has none."""
+
+
+def _record(raw: bytes, number: int) -> Record:
+    """One input line, read on its own: whatever is wrong with it is its problem, not the file's.
+
+    The id is the record's ``id`` (a string, number, boolean or null), else the line number. Problems name
+    what is wrong, never repeat the text: not UTF-8, blank, not JSON (NaN and Infinity included), nested
+    too deep to read, not an object with a ``prompt`` and an ``answer`` of the right types, lone surrogates.
+    """
+    where = f"line {number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return number, f"invalid_record: {where}: not UTF-8 text (byte {exc.start + 1})"
+    if number == 1:
+        line = line.removeprefix("\ufeff")
+    if not line.strip():
+        return number, f"blank_line: {where}: nothing to score"
+    try:
+        record = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        return number, f"invalid_record: {where}: nested too deep to read"
+    except ValueError as exc:  # JSONDecodeError, or a NaN or Infinity refused above
+        return number, f"invalid_record: {where}: not JSON ({' '.join(str(exc).split())[:200]})"
+    if not isinstance(record, dict):
+        return number, f"invalid_record: {where}: not a JSON object"
+    key = record.get("id", number)
+    if not isinstance(key, (str, int, float, bool, type(None))):
+        return number, f"invalid_record: {where}: the id must be a string, number, boolean or null"
+    missing = " or ".join(field for field in ("prompt", "answer") if field not in record)
+    prompt, answer = record.get("prompt"), record.get("answer")
+    if missing:
+        problem = f"no {missing}"
+    elif not isinstance(prompt, (str, list)):
+        problem = f"the prompt must be a string or a list of messages, got {type(prompt).__name__}"
+    elif not isinstance(answer, str):
+        problem = f"the answer must be a string, got {type(answer).__name__}"
+    elif _surrogate_in(prompt) or _surrogate_in(answer):
+        problem = "the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape), not Unicode"
+    else:
+        return key, (prompt, answer)
+    return key, f"invalid_record: {where}: {problem}"
+
+
+def _score_pairs(scorer: SemGradScorer, pairs: list[tuple[Prompt, str]]) -> list[Score]:
+    """Scores in order; if a pass fails unexpectedly, each pair again alone: a fault stays its pair's."""
+    if not pairs:
+        return []
+    try:
+        return scorer.score_batch(pairs, errors="mark")
+    except Exception as exc:  # whatever it is, one line's fault must not cost the others their scores
+        if len(pairs) == 1:
+            return [Score.invalid(f"error: {_one_line(exc)}", model=scorer.model_name)]
+    return [score for pair in pairs for score in _score_pairs(scorer, [pair])]
+
+
+def _score_stream(scorer: SemGradScorer, source: BinaryIO, sink: TextIO, chunk: int) -> int:
+    """Score a JSONL byte stream ``chunk`` lines at a time, writing one line per input line, in order.
+
+    Each chunk's lines are written (and flushed) as soon as it is scored. Returns how many lines got
+    ``valid: false``.
+    """
+    from tqdm.auto import tqdm
+
+    lines = enumerate(source, start=1)
     invalid = 0
-    for key, _, _, problem in records:
-        score = next(scores) if problem is None else Score.invalid(problem, model=scorer.model_name)
-        invalid += not score.valid
-        sink.write(json.dumps({"id": key, **score.model_dump(mode="json")}) + "\n")
+    with tqdm(desc="scoring", unit="line", file=sys.stderr) as bar:
+        while records := [_record(raw, number) for number, raw in itertools.islice(lines, chunk)]:
+            scored = iter(_score_pairs(scorer, [item for _, item in records if not isinstance(item, str)]))
+            for key, item in records:
+                score = (
+                    Score.invalid(item, model=scorer.model_name) if isinstance(item, str) else next(scored)
+                )
+                invalid += not score.valid
+                sink.write(json.dumps({"id": key, **score.model_dump(mode="json")}) + "\n")
+            sink.flush()
+            bar.update(len(records))
     return invalid
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    """Standard output, or a temporary file beside ``path`` that replaces it only once complete.
+
+    Until then (and if scoring fails or is interrupted) a previous file at ``path`` stays as it was; the
+    temporary file is removed. A link at ``path`` is followed: its target gets the new content.
+    """
+    if path is None:
+        yield sys.stdout
+        return
+    target = path.resolve()
+    if target.exists():
+        mode = stat.S_IMODE(target.stat().st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            yield handle
+        os.chmod(partial, mode)
+        os.replace(partial, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _score(args: argparse.Namespace) -> int:
+    """The score command: one pair from flags, or a JSONL file streamed to a JSONL file or standard output."""
+    if (args.input is None) == (args.prompt is None or args.answer is None):
+        _parser().error("give either --prompt and --answer, or --input")
+    try:
+        _check_score_args(args)
+    except _Refused as exc:
+        print(f"semgrad-guard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        scorer = SemGradScorer(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            profile=args.profile,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            trust_remote_code=args.trust_remote_code,
+        ).load()
+    except (SemGradError, ValueError, OSError, RuntimeError) as exc:  # pydantic's errors are ValueErrors
+        print(f"semgrad-guard: could not load the scorer: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    try:
+        if args.input is None:
+            print(scorer.score(args.prompt, args.answer).model_dump_json(indent=2))
+            return 0
+        with (
+            nullcontext(sys.stdin.buffer) if str(args.input) == "-" else args.input.open("rb") as source,
+            _output(args.output) as sink,
+        ):
+            invalid = _score_stream(scorer, source, sink, args.batch_size)
+    except (SemGradError, OSError) as exc:
+        print(f"semgrad-guard: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    if invalid:
+        print(f"semgrad-guard: {invalid} pair(s) could not be scored; see invalid_reason", file=sys.stderr)
+    return 0
 
 
 def _speed(args: argparse.Namespace) -> int:
@@ -272,31 +492,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         precision_report(args.model)
         return 0
-    if (args.input is None) == (args.prompt is None or args.answer is None):
-        _parser().error("give either --prompt and --answer, or --input")
-    scorer = SemGradScorer(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        profile=args.profile,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        trust_remote_code=args.trust_remote_code,
-    )
-    try:
-        if args.input is None:
-            print(scorer.score(args.prompt, args.answer).model_dump_json(indent=2))
-            return 0
-        with (
-            nullcontext(sys.stdin) if str(args.input) == "-" else args.input.open(encoding="utf-8") as source,
-            nullcontext(sys.stdout)
-            if args.output is None
-            else args.output.open("w", encoding="utf-8") as sink,
-        ):
-            invalid = _score_file(scorer, source, sink)
-    except SemGradError as exc:
-        print(f"semgrad-guard: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    if invalid:
-        print(f"semgrad-guard: {invalid} pair(s) could not be scored; see invalid_reason", file=sys.stderr)
-    return 0
+    return _score(args)

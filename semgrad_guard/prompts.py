@@ -36,11 +36,35 @@ def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation
     return str(text)
 
 
-def _ids(tokenizer: Any, text: str, *, quoted: bool = False) -> list[int]:
-    """Token ids of ``text``; ``quoted`` text never yields special tokens, whatever it spells."""
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=quoted)["input_ids"])
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as the tokenizer reads it (a control-token spelling becomes that token)."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+class _Quoting:
+    """Tokenizes text so that it never yields special tokens, without touching the shared tokenizer.
+
+    A fast tokenizer's ``split_special_tokens`` flips a flag on its Rust backend for every caller, so
+    another thread (a generator sharing the tokenizer) could read its own prompt with the flag set. A
+    private copy of the backend keeps the flag set for ourselves; slow tokenizers take the flag per call.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "_tokenizer", None)
+        self.backend: Any = None
+        if backend is not None and hasattr(backend, "to_str"):
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_str(backend.to_str())
+            self.backend.encode_special_tokens = True
+
+    def ids(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self.backend is not None:
+            return list(self.backend.encode(text, add_special_tokens=False).ids)
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def generation_prompt_ids(tokenizer: Any) -> list[int]:
@@ -132,6 +156,7 @@ class ChatFormat:
         self.tokenizer = tokenizer
         self.max_chars = max_chars
         self.end_of_turn_id = _end_of_turn_id(tokenizer)
+        self._quoting = _Quoting(tokenizer)
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self._control = sorted(
             {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
@@ -145,7 +170,10 @@ class ChatFormat:
         if isinstance(prompt, str):
             _check_text(prompt, "the prompt", self.max_chars)
             if not _has_template(self.tokenizer):
-                return list(self.tokenizer(prompt, split_special_tokens=True)["input_ids"])
+                if not self._spells_control(prompt):
+                    return list(self.tokenizer(prompt)["input_ids"])
+                # The special tokens the tokenizer adds to any text (a BOS), then the text as plain text.
+                return list(self.tokenizer("")["input_ids"]) + self._quoting.ids(prompt)
             messages = [{"role": "user", "content": prompt}]
         else:
             messages = _check_messages(prompt, self.max_chars)
@@ -163,7 +191,7 @@ class ChatFormat:
         _check_text(answer, "the answer", self.max_chars)
         if _is_blank(answer):
             raise EmptyAnswerError("the answer is empty, or only whitespace and invisible characters")
-        return [*_ids(self.tokenizer, answer, quoted=True), self.end_of_turn_id]
+        return [*self._quoting.ids(answer), self.end_of_turn_id]
 
     def _spells_control(self, text: str) -> bool:
         return any(token in text for token in self._control)
@@ -196,5 +224,5 @@ class ChatFormat:
             raise refused
         ids: list[int] = []
         for piece, content in zip(pieces, contents, strict=True):
-            ids += _ids(self.tokenizer, piece) + _ids(self.tokenizer, content, quoted=True)
+            ids += _ids(self.tokenizer, piece) + self._quoting.ids(content)
         return ids + _ids(self.tokenizer, rest)

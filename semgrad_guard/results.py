@@ -73,6 +73,9 @@ class Score(BaseModel):
     seconds: float = Field(
         default=0.0, description="Wall time of the pass that produced it (shared by a batch)."
     )
+    reused: bool = Field(
+        default=False, description="Taken from an earlier call's pass over the same token ids, not rerun."
+    )
     risk: float | None = Field(default=None, description="Calibrated probability the answer is wrong.")
     confidence: float | None = Field(default=None, description="1 - risk.")
     low_confidence: bool | None = Field(default=None, description="risk above the calibration's threshold.")

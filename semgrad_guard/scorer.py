@@ -28,6 +28,7 @@ from semgrad_guard.pairs import EncodedPair, PassMode
 from semgrad_guard.profiles import ModelProfile, resolve_profile
 from semgrad_guard.prompts import MAX_CHARS_PER_TOKEN, ChatFormat, Prompt
 from semgrad_guard.results import Score, ScoredGeneration
+from semgrad_guard.reuse import PairKey, ReuseCache
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +55,9 @@ class ScorerConfig(BaseModel):
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="How concurrent requests are gathered into passes."
     )
+    reuse_size: int = Field(
+        default=256, ge=0, description="Recent distinct pairs whose score later calls reuse (0: none)."
+    )
 
 
 class SemGradScorer:
@@ -78,10 +82,14 @@ class SemGradScorer:
             give the same scores up to float rounding (:mod:`semgrad_guard.statistics`).
         batching: how requests from many threads and tasks are gathered into shared passes (token budget,
             wait, queue bound): :class:`~semgrad_guard.batching.BatchingConfig`.
+        reuse_size: how many recent distinct pairs (by exact token ids) keep their score, so a pair scored
+            again (by another adapter watching the same call) reuses the pass: ``Score.reused`` is then
+            ``True``. 0 runs a pass for every call.
         load_kwargs: extra keyword arguments for ``from_pretrained`` (revision, attn_implementation, ...).
         name: the model name reported in scores (default: derived from ``model``).
-        calibration: a :class:`CalibrationBundle`, a path to one, or ``"default"`` (the shipped bundle of
-            the embedded model); fills ``risk``, ``confidence`` and ``low_confidence`` of every Score.
+        calibration: ``"auto"`` (default: the bundle shipped for this model, if any), a
+            :class:`CalibrationBundle`, a path to one, ``"default"`` (the embedded model's bundle), or
+            ``None`` for raw scores only; fills ``risk``, ``confidence`` and ``low_confidence``.
 
     The model loads on first use (or on :meth:`load`). Scoring requests from every thread and task go to one
     worker thread that gathers them into shared passes; one lock keeps passes and generation apart, so a
@@ -106,9 +114,10 @@ class SemGradScorer:
         trust_remote_code: bool = False,
         pass_mode: PassMode = "fast",
         batching: BatchingConfig | None = None,
+        reuse_size: int = 256,
         load_kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
-        calibration: CalibrationBundle | str | Path | None = None,
+        calibration: CalibrationBundle | str | Path | None = "auto",
     ) -> None:
         """Record the configuration; nothing is loaded until first use."""
         self.config = ScorerConfig(
@@ -119,6 +128,7 @@ class SemGradScorer:
             trust_remote_code=trust_remote_code,
             pass_mode=pass_mode,
             batching=batching or BatchingConfig(),
+            reuse_size=reuse_size,
         )
         self._spec = model
         self._load_kwargs = dict(load_kwargs or {})
@@ -138,6 +148,9 @@ class SemGradScorer:
         self._calibration_source = calibration
         self._calibration: CalibrationBundle | None = None
         self._batcher = MicroBatcher(self._pass, self.config.batching, self.config.batch_size)
+        self._reuse: ReuseCache[Score] = ReuseCache(
+            self.config.reuse_size, lambda score: score.model_copy(update={"reused": True})
+        )
 
     # ----------------------------------------------------------------------------------------- loading
     def load(self) -> SemGradScorer:
@@ -255,7 +268,11 @@ class SemGradScorer:
         ]
 
     def _submit(self, pairs: Sequence[tuple[Prompt, str]], errors: ErrorMode) -> list[Score | Future[Score]]:
-        """Encode every pair (bad input raises or is marked first), then queue the rest, shortest first."""
+        """Encode every pair (bad input raises or is marked first), then queue the new ones, shortest first.
+
+        A pair whose exact token ids another call already scored (or is scoring) gets that call's future;
+        its Score comes back with ``reused=True``.
+        """
         loaded, _, _ = self._ready()
         slots: list[Score | Future[Score] | None] = [None] * len(pairs)
         encoded: list[tuple[int, EncodedPair]] = []
@@ -267,9 +284,22 @@ class SemGradScorer:
                     raise
                 slots[index] = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
         encoded.sort(key=lambda item: item[1].length)
-        futures = self._batcher.submit([pair for _, pair in encoded])
-        for (index, _), future in zip(encoded, futures, strict=True):
-            slots[index] = future
+        new: list[tuple[PairKey, Future[Score], EncodedPair]] = []
+        for index, encoding in encoded:
+            key = (tuple(encoding.prompt_ids), tuple(encoding.answer_ids))
+            claimed, reused = self._reuse.claim(key)
+            slots[index] = claimed
+            if not reused:
+                new.append((key, claimed, encoding))
+        try:
+            running = self._batcher.submit([pair for _, _, pair in new])
+        except SemGradError:
+            for key, claimed, _ in new:
+                self._reuse.forget(key, claimed)
+                claimed.cancel()
+            raise
+        for (key, claimed, _), future in zip(new, running, strict=True):
+            self._reuse.fill(key, claimed, future)
         return [slot for slot in slots if slot is not None]
 
     def _outcome(self, slot: Score | Future[Score], errors: ErrorMode) -> Score:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.evaluation.precision import float64_norms
+from tests._models import tiny_lm
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,19 +41,8 @@ def tokenizer(embedded: SemGradScorer) -> Any:
     return embedded.tokenizer
 
 
-def _tiny_model(tokenizer: Any, *, tied: bool, seed: int = 0, layers: int = 4) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-    )
-    return LlamaForCausalLM(config).eval()
+def _tiny_model(tokenizer: Any, *, tied: bool, layers: int = 4) -> Any:
+    return tiny_lm(len(tokenizer), layers=layers, max_position_embeddings=256, tie_word_embeddings=tied)
 
 
 @pytest.fixture(scope="session")

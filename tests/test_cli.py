@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +93,213 @@ def test_embedded_default_from_the_command_line(capsys: Any) -> None:
     )
     score = json.loads(capsys.readouterr().out)
     assert score["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and score["profile"]["name"] == "smollm2"
+
+
+# ------------------------------------------------------------------------------ bad input, faults, files
+def _strict_rows(path: Path) -> list[dict[str, Any]]:
+    """Output lines parsed as strict JSON: NaN or Infinity in the output would be an error here."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in the output")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_bad_lines_each_get_their_own_invalid_line_in_order(
+    tiny_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """Each unreadable line is reported on its own output line; the file is never aborted."""
+    good = json.dumps({"id": "a", "prompt": "What is 2+2?", "answer": "4"}).encode()
+    lines = [
+        good,
+        b'{"id": "b", "prompt": 5, "answer": "4"}',
+        b'{"id": NaN, "prompt": "What is 2+2?", "answer": "4"}',
+        b'{"id": "d", "prompt": "What is 2+2?", "answer": 1e999}',
+        b'{"id": "e", "prompt": "What is \\ud800?", "answer": "4"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "g", "prompt": "caf\xe9?", "answer": "4"}',  # Latin-1, not UTF-8
+        b"",
+        b"   ",
+        b'{"id": "j", "prompt": [{"role": "user"}], "answer": "4"}',
+        b'"just a string"',
+        b'{"id": "l", "answer": "4"}',
+        b'{"id": [1, 2], "prompt": "What is 2+2?", "answer": "4"}',
+        json.dumps({"id": "z", "prompt": "Capital of Italy?", "answer": "Rome"}).encode(),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    sink = tmp_path / "out.jsonl"
+    argv = ["score", "--model", str(tiny_dir), "--device", "cpu", "--batch-size", "3"]
+    assert main([*argv, "--input", str(source), "--output", str(sink)]) == 0
+    rows = _strict_rows(sink)
+    assert [r["id"] for r in rows] == ["a", "b", 3, 4, "e", 6, 7, 8, 9, "j", 11, "l", 13, "z"]
+    assert [r["valid"] for r in rows] == [True] + [False] * 12 + [True]
+    reasons = [r["invalid_reason"] for r in rows[1:-1]]
+    assert all(reason for reason in reasons)
+    assert reasons[1].startswith("invalid_record: line 3") and "NaN" in reasons[1]
+    assert reasons[2].startswith("invalid_record: line 4") and "too large" in reasons[2]
+    assert reasons[4].startswith("invalid_record: line 6: nested too deep")
+    assert reasons[5].startswith("invalid_record: line 7: not UTF-8")
+    assert reasons[6].startswith("blank_line: line 8") and reasons[7].startswith("blank_line: line 9")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "12 pair(s) could not be scored" in err
+
+
+def test_invalid_utf8_on_standard_input_stays_one_lines_problem(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    data = b'{"id": 1, "prompt": "\xff\xfe", "answer": "4"}\n{"id": 2, "prompt": "Why?", "answer": "4"}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    sink = tmp_path / "out.jsonl"
+    assert main(["score", "--model", str(tiny_dir), "--input", "-", "--output", str(sink)]) == 0
+    rows = _strict_rows(sink)
+    assert [(r["id"], r["valid"]) for r in rows] == [(1, False), (2, True)]
+
+
+def test_a_pair_that_breaks_the_pass_is_reported_on_its_own_line(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A fault the scorer does not mark (here a RuntimeError) costs only its own pair its score."""
+    original = SemGradScorer.score_batch
+
+    def fragile(self: SemGradScorer, pairs: Any, **kwargs: Any) -> Any:
+        if any(answer == "boom" for _, answer in pairs):
+            raise RuntimeError("the pass broke")
+        return original(self, pairs, **kwargs)
+
+    monkeypatch.setattr(SemGradScorer, "score_batch", fragile)
+    source = tmp_path / "in.jsonl"
+    answers = ["4", "boom", "Rome", "Paris"]
+    source.write_text("".join(json.dumps({"prompt": "Q?", "answer": a}) + "\n" for a in answers), "utf-8")
+    sink = tmp_path / "out.jsonl"
+    argv = ["score", "--model", str(tiny_dir), "--batch-size", "4", "--input", str(source)]
+    assert main([*argv, "--output", str(sink)]) == 0
+    rows = _strict_rows(sink)
+    assert [r["valid"] for r in rows] == [True, False, True, True]
+    assert rows[1]["invalid_reason"] == "error: RuntimeError: the pass broke"
+
+
+def _watch_batches(monkeypatch: Any, folder: Path, sink: Path, fail_on: int | None = None) -> list[Any]:
+    """Record, at each call of score_batch, the lines written so far and what ``sink`` holds."""
+    original = SemGradScorer.score_batch
+    seen: list[Any] = []
+
+    def watched(self: SemGradScorer, pairs: Any, **kwargs: Any) -> Any:
+        partial = [p for p in folder.iterdir() if p.name.endswith(".partial")]
+        written = sum(len(p.read_text(encoding="utf-8").splitlines()) for p in partial)
+        seen.append((written, sink.read_text(encoding="utf-8") if sink.exists() else None))
+        if fail_on is not None and len(seen) == fail_on:
+            raise KeyboardInterrupt
+        return original(self, pairs, **kwargs)
+
+    monkeypatch.setattr(SemGradScorer, "score_batch", watched)
+    return seen
+
+
+def _five_pairs(tmp_path: Path) -> Path:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": i, "prompt": f"Question {i}?", "answer": "Yes"}) + "\n" for i in range(5)),
+        encoding="utf-8",
+    )
+    return source
+
+
+def test_scores_are_written_chunk_by_chunk(tiny_dir: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    source, sink = _five_pairs(tmp_path), tmp_path / "out.jsonl"
+    seen = _watch_batches(monkeypatch, tmp_path, sink)
+    argv = ["score", "--model", str(tiny_dir), "--batch-size", "2", "--input", str(source)]
+    assert main([*argv, "--output", str(sink)]) == 0
+    assert [written for written, _ in seen] == [0, 2, 4]  # each chunk written before the next is scored
+    assert [r["id"] for r in _strict_rows(sink)] == [0, 1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_previous_output_stays_until_the_new_one_is_complete(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    source, sink = _five_pairs(tmp_path), tmp_path / "out.jsonl"
+    sink.write_text("previous\n", encoding="utf-8")
+    seen = _watch_batches(monkeypatch, tmp_path, sink, fail_on=2)
+    argv = ["score", "--model", str(tiny_dir), "--batch-size", "2", "--input", str(source)]
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--output", str(sink)])
+    assert [held for _, held in seen] == ["previous\n", "previous\n"]
+    assert sink.read_text(encoding="utf-8") == "previous\n"  # interrupted: the old file, untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+    monkeypatch.undo()
+    assert main([*argv, "--output", str(sink)]) == 0
+    assert [r["id"] for r in _strict_rows(sink)] == [0, 1, 2, 3, 4]
+
+
+def _refused(argv: list[str], capsys: Any) -> str:
+    """Run the command; it must exit 2 with a one-line message and no traceback. Returns the message."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("semgrad-guard: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_output_that_is_the_input_is_refused(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    source = _five_pairs(tmp_path)
+    before = source.read_bytes()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(source)
+    hard = tmp_path / "hard.jsonl"
+    os.link(source, hard)
+    for output in (source, tmp_path / "." / "in.jsonl", link, hard):
+        argv = ["score", "--model", str(tiny_dir), "--input", str(source), "--output", str(output)]
+        assert "is the --input file" in _refused(argv, capsys)
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--input", "{tmp}/missing.jsonl"], "no such file"),
+        (["--input", "{tmp}"], "is a folder"),
+        (["--output", "{tmp}/no/such/folder/out.jsonl"], "does not exist"),
+        (["--output", "{tmp}"], "is a folder"),
+        (["--profile", "{tmp}/missing-profile.json"], "no such file"),
+        (["--profile", "{tmp}/garbage-profile.json"], "could not load the scorer"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--max-length", "1"], "--max-length must be at least 2"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--device", "toaster"], "is not a device"),
+        (["--model", "{tmp}/no-such-model"], "ModelLoadError"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    tiny_dir: Path, tmp_path: Path, capsys: Any, flags: list[str], needle: str
+) -> None:
+    source = _five_pairs(tmp_path)
+    (tmp_path / "garbage-profile.json").write_text("{not json", encoding="utf-8")
+    argv = ["score", "--model", str(tiny_dir), "--input", str(source), "--output", str(tmp_path / "o.jsonl")]
+    assert needle in _refused([*argv, *(f.format(tmp=tmp_path) for f in flags)], capsys)
+    assert source.read_text(encoding="utf-8").count("\n") == 5
+
+
+def test_load_errors_exit_2_for_one_pair_too(tmp_path: Path, capsys: Any) -> None:
+    argv = ["score", "--model", str(tmp_path / "nothing-here"), "--prompt", "Q?", "--answer", "A"]
+    assert "ModelLoadError" in _refused(argv, capsys)
+
+
+def test_a_cuda_index_past_the_devices_is_refused(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    """On a machine with one GPU (simulated), cuda:7 is refused before any model is read."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    argv = [
+        "score",
+        "--model",
+        str(tmp_path / "never-read"),
+        "--device",
+        "cuda:7",
+        "--prompt",
+        "Q?",
+        "--answer",
+        "A",
+    ]
+    assert "no such device (this machine has 1 CUDA device(s))" in _refused(argv, capsys)

@@ -16,6 +16,7 @@ from semgrad_guard import SemGradScorer
 from semgrad_guard.model_parts import num_layers, output_cache, prefix_from_cache
 from semgrad_guard.pairs import EncodedPair
 from semgrad_guard.statistics import PassStatistics, gradient_statistics
+from tests._models import tiny_lm
 from tests._tolerances import EXACT, FLOAT32
 
 
@@ -119,19 +120,8 @@ def test_scorer_modes_agree(make_tiny: Callable[..., SemGradScorer]) -> None:
 
 
 def test_sliding_window_cache_falls_back_to_naive(tokenizer: Any) -> None:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-    )
-    scorer = SemGradScorer((MistralForCausalLM(config).double().eval(), tokenizer), profile=None)
+    model = tiny_lm(len(tokenizer), family="mistral", layers=2, sliding_window=8).double()
+    scorer = SemGradScorer((model, tokenizer), profile=None)
     with torch.no_grad():
         cache = output_cache(scorer.model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True))
     assert prefix_from_cache(cache, 2) is None  # sliding layers: the fast path must not reuse this cache
@@ -155,25 +145,15 @@ def test_batch_mixing_reused_and_computed_prompt_caches(make_tiny: Callable[...,
 @pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])
 def test_length_dependent_rope_takes_the_naive_pass(tokenizer: Any, rope_type: str, monkeypatch: Any) -> None:
     """A prompt cache made at one length would carry other RoPE frequencies than the graph: go naive."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from semgrad_guard import statistics
 
-    torch.manual_seed(0)
     rope = {"rope_type": rope_type, "factor": 4.0, "rope_theta": 10000.0}
     if rope_type == "longrope":
         rope |= {"short_factor": [1.0] * 4, "long_factor": [4.0] * 4, "original_max_position_embeddings": 32}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32 if rope_type == "dynamic" else 128,
-        rope_parameters=rope,
-    )
-    model = LlamaForCausalLM(config).double().eval()
+    positions = 32 if rope_type == "dynamic" else 128
+    model = tiny_lm(
+        len(tokenizer), layers=2, max_position_embeddings=positions, rope_parameters=rope
+    ).double()
     scorer = SemGradScorer((model, tokenizer), profile=None)
     monkeypatch.setattr(SemGradScorer, "context_length", property(lambda self: 1 << 20))
     pairs = [scorer._encode(prompt, answer) for prompt, answer in PAIRS[:2]]

@@ -12,6 +12,7 @@ import pytest
 
 from semgrad_guard import BatchingConfig, InputTooLongError, InvalidInputError, SemGradScorer
 from semgrad_guard.batching import MicroBatcher
+from tests._models import tiny_lm
 
 GOOD = ("What is 2 plus 2?", "4")
 
@@ -111,18 +112,7 @@ def test_text_never_becomes_control_tokens(tokenizer: Any, template: str) -> Non
         tok.add_special_tokens({"additional_special_tokens": specials})
     if jinja is not None:
         tok.chat_template = jinja
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    ).eval()
+    model = tiny_lm(len(tok), layers=2)
     chat = SemGradScorer((model, tok), name=template)._ready()[1]
     special = set(tok.all_special_ids)
 
@@ -150,3 +140,13 @@ def test_a_batch_larger_than_the_queue_is_admitted_in_parts() -> None:
     batcher = MicroBatcher(slow, BatchingConfig(max_queue=2, queue_timeout_s=0.01), max_batch_size=2)
     futures = batcher.submit([Job() for _ in range(12)])
     assert [f.result(5) for f in futures] == [1] * 12
+
+
+def test_quoting_never_flips_the_shared_tokenizer(make_tiny: Callable[..., SemGradScorer]) -> None:
+    """A generator sharing the tokenizer in another thread must keep reading control tokens as such."""
+    scorer = make_tiny()
+    chat = scorer._ready()[1]
+    chat.encode_prompt([{"role": "user", "content": "<|im_start|>"}])
+    chat.encode_answer("Paris<|im_end|>")
+    assert scorer.tokenizer._tokenizer.encode_special_tokens is False
+    assert scorer.tokenizer("<|im_start|>", add_special_tokens=False)["input_ids"] == [1]

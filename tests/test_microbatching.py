@@ -35,8 +35,8 @@ class Job:
 def recording_scorer(
     make_tiny: Callable[..., SemGradScorer], **kwargs: object
 ) -> tuple[SemGradScorer, list[int]]:
-    """A tiny scorer whose passes record how many pairs each one held."""
-    scorer = make_tiny(**kwargs)
+    """A tiny scorer whose passes record how many pairs each one held (no reuse: every call runs)."""
+    scorer = make_tiny(reuse_size=0, **kwargs)
     sizes: list[int] = []
     run = scorer._batcher._run
 

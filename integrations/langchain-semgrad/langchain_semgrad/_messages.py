@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from langchain_core.documents import Document
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -19,6 +20,7 @@ from semgrad_guard.prompts import Prompt
 __all__ = [
     "answer_text",
     "as_chunk",
+    "as_documents",
     "attach",
     "input_to_prompt",
     "messages_to_prompt",
@@ -87,6 +89,12 @@ def with_context(value: Any, context: str, *, template: str, input_key: str, con
         return [*messages, HumanMessage(template.format(context=context, question=""))]
     question = template.format(context=context, question=messages[last].text)
     return [*messages[:last], HumanMessage(question), *messages[last + 1 :]]
+
+
+def as_documents(retrieved: Any) -> list[Document]:
+    """A retriever's output as documents (a runnable may return one string or a list of strings)."""
+    items: Sequence[Any] = [retrieved] if isinstance(retrieved, (str, Document)) else retrieved
+    return [item if isinstance(item, Document) else Document(page_content=str(item)) for item in items]
 
 
 def as_chunk(output: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -18,17 +18,62 @@ PromptInput = str | Sequence[ChatMessage] | Sequence[dict[str, str]]
 """A prompt given by the caller: one user turn, LlamaIndex messages, or role/content dicts."""
 
 
-def to_scorer_prompt(prompt: PromptInput) -> str | Messages:
-    """A caller's prompt in the scorer's format (a new list; the caller's messages are not touched)."""
+class SemGradInputError(ValueError):
+    """A malformed argument (``contexts``, ``prompt``, chat messages); the message names the argument."""
+
+
+def to_scorer_prompt(prompt: PromptInput, argument: str = "prompt") -> str | Messages:
+    """A caller's prompt in the scorer's format (a new list; the caller's messages are not touched).
+
+    Raises:
+        SemGradInputError: ``prompt`` is neither a string nor a list of messages with a string role and
+            content (each ``ChatMessage``'s missing content counts as empty).
+    """
     if isinstance(prompt, str):
         return prompt
-    return [_as_dict(message) for message in prompt]
+    if isinstance(prompt, (bytes, Mapping)) or not isinstance(prompt, Iterable):
+        raise SemGradInputError(
+            f"{argument} must be a string or a list of chat messages, got {type(prompt).__name__}"
+        )
+    return [_as_dict(message, f"{argument}[{i}]") for i, message in enumerate(prompt)]
 
 
-def _as_dict(message: ChatMessage | dict[str, str]) -> dict[str, str]:
+def _as_dict(message: object, where: str = "message") -> dict[str, str]:
     if isinstance(message, ChatMessage):
         return {"role": str(message.role.value), "content": message.content or ""}
-    return {"role": message["role"], "content": message["content"]}
+    if not isinstance(message, Mapping):
+        raise SemGradInputError(
+            f"{where} must be a ChatMessage or a role/content mapping, got {type(message).__name__}"
+        )
+    missing = [key for key in ("role", "content") if key not in message]
+    if missing:
+        raise SemGradInputError(f"{where} has no {' or '.join(missing)}")
+    role, content = message["role"], message["content"]
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise SemGradInputError(
+            f"{where} needs a string role and content, got {type(role).__name__} and {type(content).__name__}"
+        )
+    return {"role": role, "content": content}
+
+
+def checked_contexts(contexts: object, argument: str = "contexts") -> list[str] | None:
+    """``contexts`` as a new list of strings (``None`` stays ``None``).
+
+    Raises:
+        SemGradInputError: a single string (which would be read one character per context), something
+            that is not a list, or an item that is not a string.
+    """
+    if contexts is None:
+        return None
+    if isinstance(contexts, str):
+        raise SemGradInputError(f"{argument} must be a list of strings, got one str: wrap it as [{argument}]")
+    if isinstance(contexts, (bytes, Mapping)) or not isinstance(contexts, Iterable):
+        raise SemGradInputError(f"{argument} must be a list of strings, got {type(contexts).__name__}")
+    texts = list(contexts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise SemGradInputError(f"{argument}[{i}] must be a string, got {type(text).__name__}")
+    return texts
 
 
 def qa_prompt(

@@ -11,6 +11,8 @@ from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.evaluation.semgrad._prompts import (
     PromptInput,
+    SemGradInputError,
+    checked_contexts,
     qa_prompt,
     response_contexts,
     to_scorer_prompt,
@@ -19,7 +21,7 @@ from llama_index.evaluation.semgrad._verdict import describe, headline, trusted
 
 from semgrad_guard import RawField, SemGradScorer, default_scorer
 
-__all__ = ["SemGradEvaluator"]
+__all__ = ["SemGradEvaluator", "SemGradInputError"]
 
 
 class SemGradEvaluator(BaseEvaluator):
@@ -46,6 +48,9 @@ class SemGradEvaluator(BaseEvaluator):
     has one, else the raw ``score_field`` value, where higher means *less* trustworthy. A pair that cannot be
     scored (empty answer, too long for the model, a template that rejects the messages) comes back with
     ``invalid_result=True`` and the scorer's ``invalid_reason``; missing query or response raise ValueError.
+    Malformed arguments raise :class:`SemGradInputError` (a ValueError) naming the argument: ``contexts``
+    given as one string instead of a list (it would be read one character per context) or holding a
+    non-string, and a ``prompt`` whose messages lack a string role or content.
     """
 
     def __init__(
@@ -83,7 +88,12 @@ class SemGradEvaluator(BaseEvaluator):
         contexts: Sequence[str] | None = None,
         prompt: PromptInput | None = None,
     ) -> tuple[str | list[dict[str, str]], str]:
-        """The prompt that would be scored for these inputs, and a short note on where it came from."""
+        """The prompt that would be scored for these inputs, and a short note on where it came from.
+
+        Raises:
+            SemGradInputError: ``contexts`` or ``prompt`` is malformed (see the class).
+        """
+        contexts = checked_contexts(contexts)
         if prompt is not None:
             return to_scorer_prompt(prompt), "given prompt"
         if query is None:
@@ -113,6 +123,7 @@ class SemGradEvaluator(BaseEvaluator):
         del kwargs  # Unused
         if response is None:
             raise ValueError("Must specify query (or the exact prompt) and response")
+        contexts = checked_contexts(contexts)
         scored, source = self.scored_prompt(query, contexts, prompt)
         score = await self.scorer.ascore(scored, response, errors="mark")
         return EvaluationResult(

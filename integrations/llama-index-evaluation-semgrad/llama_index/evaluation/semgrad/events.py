@@ -79,7 +79,7 @@ class SemGradEventHandler(BaseEventHandler):
     reaches the pipeline: it is logged and the event carries an invalid Score. The handler ignores its own
     events, so dispatching them cannot recurse.
 
-    Args:
+    Attributes:
         scorer: ``None`` = the shared :func:`semgrad_guard.default_scorer`.
         score_llm_calls: score ``LLMChatEndEvent`` (prompt = the messages sent) and ``LLMCompletionEndEvent``
             (prompt = the completion prompt, as one user turn).

@@ -40,7 +40,7 @@ class SemGradLocalLLM(CustomLLM):
 
     Args:
         scorer: the scorer whose model answers; ``None`` = the shared :func:`semgrad_guard.default_scorer`.
-        max_new_tokens: the longest answer, in tokens.
+        **kwargs: the LLM's fields, such as ``max_new_tokens`` (the longest answer, in tokens).
     """
 
     max_new_tokens: int = Field(default=32, ge=1, description="The longest answer, in tokens.")
