@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.evaluation.datasets import load_qa, qa_prompt
-from semgrad_guard.evaluation.metrics import auroc
+from semgrad_guard.evaluation.metrics import auroc, bootstrap_auroc_difference
 from semgrad_guard.model_parts import num_layers
 from semgrad_guard.pairs import EncodedPair
 from semgrad_guard.profiles import template_rule_profile
@@ -136,13 +136,7 @@ def evaluate(
 
 def paired_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, rounds: int = 1000) -> list[float]:
     """A 95% paired-bootstrap interval (resampling questions, fixed seed) for AUROC(a) - AUROC(b)."""
-    rng = np.random.default_rng(0)
-    diffs = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(labels), len(labels))
-        diffs.append(auroc(labels[pick], a[pick]) - auroc(labels[pick], b[pick]))
-    low, high = np.nanpercentile(diffs, [2.5, 97.5])
-    return [float(low), float(high)]
+    return list(bootstrap_auroc_difference(labels, a, b, rounds=rounds, seed=0))
 
 
 def _band_index(sps: SPSResult, layers: tuple[int, ...] | None) -> int:

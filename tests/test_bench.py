@@ -1,8 +1,10 @@
-"""A small real benchmark run: files, metrics equal to scikit-learn's, cached generations, calibration."""
+"""A small real benchmark run: files, metrics equal to scikit-learn's, cached generations, calibration; and
+refreshing a finished run's metrics from its rows."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -13,27 +15,60 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import semgrad_guard
 from semgrad_guard import SemGradScorer
 from semgrad_guard.cli import main
-from semgrad_guard.evaluation import metrics
+from semgrad_guard.evaluation import metrics, report
 from semgrad_guard.evaluation.bench import BenchConfig, run_bench
 from semgrad_guard.evaluation.judges import JUDGES, containment, normalise, rouge_l
 
 
-def test_metrics_agree_with_sklearn() -> None:
+def test_refresh_metrics_from_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A finished run's files, with made-up metrics: refreshing recomputes them from rows.csv alone.
+    monkeypatch.setattr(metrics, "bootstrap_auroc", functools.partial(metrics.bootstrap_auroc, rounds=50))
     rng = np.random.default_rng(0)
-    for _ in range(30):
-        y = rng.integers(0, 2, 60)
-        s = np.round(rng.normal(size=60) + y, 1)  # rounded: ties happen
-        assert metrics.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-        assert metrics.auprc(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    y = rng.integers(0, 2, 40)
+    fallback = np.arange(40) % 5 == 0  # no audited label: the audited set uses key-match's
+    audited = np.where(fallback, y, 1 - y)
+    columns = {"semgrad": rng.normal(size=40) + y, "length": rng.integers(1, 9, 40).astype(float)}
+    columns["semgrad"][3] = float("nan")  # an invalid row: left out of the metrics
+    header = ["question", "answer", "incorrect", "incorrect_audited", *(f"incorrect_{j}" for j in JUDGES)]
+    with (tmp_path / "rows.csv").open("w", encoding="utf-8", newline="") as sink:
+        writer = csv.writer(sink)
+        writer.writerow([*header, *columns])
+        for i in range(40):
+            stored = "" if fallback[i] else audited[i]
+            judged = [y[i] for _ in JUDGES]  # key-match is the main label set here
+            writer.writerow([f"q{i}", f"a{i}", y[i], stored, *judged, *(c[i] for c in columns.values())])
+    stale = {"auroc": 0.0, "auroc_ci": [0.0, 0.0], "auprc": 0.0, "prr": 0.0, "aurc": 0.0, "n": 0}
+    results = {
+        "model": "m",
+        "data": {"source": "made-up", "questions": 40},
+        "primary_judge": "key-match",
+        "labels": {"fallback_judge": "key-match"},
+        "error_rate": {"key-match": float(y.mean()), "audited": float(audited.mean())},
+        "cost_seconds_per_question": {"semgrad": 1.5, "length": 0.0},
+        "metrics": {name: dict.fromkeys(columns, stale) for name in ["key-match", "audited"]},
+        "flags": [],
+        "seconds_total": 12.0,
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
 
+    refreshed = report.refresh_metrics(tmp_path)
+    assert refreshed == json.loads((tmp_path / "results.json").read_text())
+    assert refreshed["seconds_total"] == 12.0 and refreshed["cost_seconds_per_question"]["semgrad"] == 1.5
+    finite = np.isfinite(columns["semgrad"])
+    got = refreshed["metrics"]["key-match"]["semgrad"]
+    assert got["n"] == 39
+    assert got["auroc"] == pytest.approx(roc_auc_score(y[finite], columns["semgrad"][finite]), abs=1e-12)
+    assert got["auprc"] == pytest.approx(average_precision_score(y[finite], columns["semgrad"][finite]))
+    assert got["auroc_ci"] == list(metrics.bootstrap_auroc(y[finite], columns["semgrad"][finite]))
+    got = refreshed["metrics"]["audited"]["length"]["auroc"]
+    assert got == pytest.approx(roc_auc_score(audited, columns["length"]), abs=1e-12)
+    assert "| semgrad | " in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").is_file()
 
-def test_prr_and_aurc_on_known_rankings() -> None:
-    y = [1, 0, 1, 0, 0]
-    assert metrics.prr(y, [0.9, 0.1, 0.8, 0.2, 0.3]) == pytest.approx(1.0)  # oracle
-    assert metrics.prr(y, [0.1, 0.9, 0.2, 0.8, 0.7]) < 0  # worse than random
-    assert metrics.aurc(y, [0.9, 0.1, 0.8, 0.2, 0.3]) < metrics.aurc(y, [0.1, 0.9, 0.2, 0.8, 0.7])
-    low, high = metrics.bootstrap_auroc(y * 10, list(np.linspace(0, 1, 50)))
-    assert 0 <= low <= high <= 1
+    results["error_rate"]["audited"] = 0.0  # labels that do not match the rows are refused
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    with pytest.raises(ValueError, match="error rate"):
+        report.refresh_metrics(tmp_path)
 
 
 def test_judge_rules() -> None:

@@ -214,21 +214,6 @@ def _machine(scorer: SemGradScorer) -> dict[str, Any]:
     return {"device": str(device), "name": name, "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
-def _metrics(labels: list[int], scores: list[float]) -> dict[str, Any]:
-    y, s = np.asarray(labels), np.asarray(scores, dtype=float)
-    keep = np.isfinite(s)
-    y, s = y[keep], s[keep]
-    low, high = metrics.bootstrap_auroc(y, s)
-    return {
-        "auroc": metrics.auroc(y, s),
-        "auroc_ci": [low, high],
-        "auprc": metrics.auprc(y, s),
-        "prr": metrics.prr(y, s),
-        "aurc": metrics.aurc(y, s),
-        "n": len(y),
-    }
-
-
 def run_bench(
     config: BenchConfig, scorer: SemGradScorer | None = None, embedder: SentenceEmbedder | None = None
 ) -> dict[str, Any]:
@@ -290,7 +275,7 @@ def run_bench(
         "cost_seconds_per_question": {m: costs[m] for m in wanted},
         "greedy_generation_seconds_per_question": float(np.mean([r["seconds"] for r in greedy])),
         "metrics": {
-            name: {m: _metrics(values, columns[m]) for m in wanted} for name, values in labels.items()
+            name: {m: metrics.summary(values, columns[m]) for m in wanted} for name, values in labels.items()
         },
         "invalid_rows": sum(not s.valid for s in scores),
         "versions": _versions(),

@@ -1,16 +1,30 @@
-"""The benchmark's Markdown table and PNG plots (ROC, risk-coverage, cost vs AUROC)."""
+"""The benchmark's Markdown table and PNG plots (ROC, risk-coverage, cost vs AUROC).
+
+``python -m semgrad_guard.evaluation.report DIR [DIR ...]`` recomputes the metrics of finished bench runs
+from their ``rows.csv`` with the current metric code, without loading any model (see :func:`refresh_metrics`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import argparse
+import csv
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from semgrad_guard.evaluation import metrics
 
-__all__ = ["label_description", "markdown_table", "write_calibration_report", "write_report"]
+__all__ = [
+    "label_description",
+    "markdown_table",
+    "refresh_metrics",
+    "write_calibration_report",
+    "write_report",
+]
 
 
 def label_description(results: dict[str, Any]) -> str:
@@ -77,17 +91,16 @@ def write_report(
     for method in methods:
         s = np.asarray(columns[method], dtype=float)
         keep = np.isfinite(s)
-        order = np.argsort(-s[keep], kind="mergesort")
-        hits = y[keep][order]
-        tpr = np.r_[0, np.cumsum(hits) / max(hits.sum(), 1)]
-        fpr = np.r_[0, np.cumsum(1 - hits) / max((1 - hits).sum(), 1)]
-        roc.plot(fpr, tpr, label=f"{method} ({results['metrics'][primary][method]['auroc']:.2f})")
+        if 0 < y[keep].sum() < keep.sum():  # a ROC curve needs both classes
+            fpr, tpr, _ = roc_curve(y[keep], s[keep])
+            roc.plot(fpr, tpr, label=f"{method} ({results['metrics'][primary][method]['auroc']:.2f})")
         coverage, error = metrics.risk_coverage(y[keep], s[keep])
         risk.plot(coverage, error, label=method)
     roc.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({primary} labels)")
     risk.set(xlabel="coverage", ylabel="error among accepted", title="risk-coverage")
-    roc.legend(fontsize=7)
+    if roc.get_legend_handles_labels()[0]:  # no curve when the labels hold one class
+        roc.legend(fontsize=7)
     risk.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=110)
@@ -147,3 +160,60 @@ def write_calibration_report(
     figure.tight_layout()
     figure.savefig(out / "calibration.png", dpi=110)
     plt.close(figure)
+
+
+def _stored_labels(results: dict[str, Any], rows: list[dict[str, str]]) -> dict[str, list[int]]:
+    """Every label set of results.json's metrics, read back from rows.csv's columns."""
+    primary = results["primary_judge"]
+    fallback = (results.get("labels") or {}).get("fallback_judge")
+    labels: dict[str, list[int]] = {}
+    for name in results["metrics"]:
+        if name == primary:
+            labels[name] = [int(r["incorrect"]) for r in rows]
+        elif name == "audited":  # the audited label where a row has one, else the fallback judge's
+            labels[name] = [int(r["incorrect_audited"] or r[f"incorrect_{fallback}"]) for r in rows]
+        else:
+            labels[name] = [int(r[f"incorrect_{name}"]) for r in rows]
+        rate = float(np.mean(labels[name]))
+        if not np.isclose(rate, results["error_rate"][name], rtol=0, atol=1e-12):
+            raise ValueError(f"{name}: rows.csv's error rate {rate} is not results.json's")
+    return labels
+
+
+def refresh_metrics(folder: Path) -> dict[str, Any]:
+    """Recompute a finished bench run's metrics and flags from its rows.csv, and rewrite its result files.
+
+    The labels and every method's scores are read back from ``rows.csv`` (no model is loaded, nothing is
+    generated, judged, scored or timed); ``results.json``'s ``metrics`` and ``flags`` are replaced, every
+    other field (costs, timings, versions) is kept, and ``results.md`` and the plots are written again.
+    """
+    from semgrad_guard.evaluation.bench import _flags
+
+    results: dict[str, Any] = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    with (folder / "rows.csv").open(encoding="utf-8", newline="") as source:
+        rows = list(csv.DictReader(source))
+    if len(rows) != (questions := results["data"]["questions"]):
+        raise ValueError(f"{folder}: rows.csv has {len(rows)} rows for {questions} questions")
+    labels = _stored_labels(results, rows)
+    methods = list(results["metrics"][results["primary_judge"]])
+    columns = {method: [float(r[method]) for r in rows] for method in methods}
+    results["metrics"] = {
+        name: {method: metrics.summary(values, columns[method]) for method in methods}
+        for name, values in labels.items()
+    }
+    results["flags"] = _flags(results)
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_report(folder, results, labels, columns)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Refresh the metrics of the bench runs in the given folders."""
+    parser = argparse.ArgumentParser(description=refresh_metrics.__doc__)
+    parser.add_argument("folders", nargs="+", type=Path, help="bench output folders (results.json, rows.csv)")
+    for folder in parser.parse_args(argv).folders:
+        refresh_metrics(folder)
+
+
+if __name__ == "__main__":
+    main()
