@@ -27,7 +27,9 @@ def main() -> None:
     bigger = RunnableLambda(lambda question: {"question": question}) | careful | local_chat_model(48)
 
     print("1. policy='fallback': the small model answers; an unsure answer goes to the bigger chain.")
-    guarded = SemGradGuard(small, policy="fallback", fallback=bigger, threshold=THRESHOLD)
+    guarded = SemGradGuard(
+        small, policy="fallback", fallback=bigger, threshold=THRESHOLD, threshold_field="semgrad"
+    )
     for question in QUESTIONS:
         message = guarded.invoke(question)
         result = GuardResult.model_validate(message.response_metadata["semgrad"])
@@ -39,7 +41,7 @@ def main() -> None:
     print(
         "\n2. policy='raise' + with_fallbacks: LangChain's own fallback machinery catches LowConfidenceError."
     )
-    strict = SemGradGuard(small, policy="raise", threshold=THRESHOLD)
+    strict = SemGradGuard(small, policy="raise", threshold=THRESHOLD, threshold_field="semgrad")
     polite = RunnableLambda(lambda _: AIMessage("I'm not sure enough to answer that."))
     chain = strict.with_fallbacks([polite], exceptions_to_handle=(LowConfidenceError,))
     for question in QUESTIONS:

@@ -33,6 +33,7 @@ def main() -> None:
         review_queue=ReviewQueue(path),
         holding_answer="Thanks! A specialist will confirm this answer shortly.",
         threshold=THRESHOLD,
+        threshold_field="semgrad",
     )
     print(f"Review queue: {path}\n")
     for question in QUESTIONS:

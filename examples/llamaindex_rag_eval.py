@@ -90,7 +90,9 @@ def main() -> None:
     handler, log = SemGradEventHandler(llm=llm), ScoreEventLog()
     get_dispatcher().add_event_handler(handler)
     get_dispatcher().add_event_handler(log)
-    engine = SemGradQueryEngine(index.as_query_engine(llm=llm, similarity_top_k=1), threshold=THRESHOLD)
+    engine = SemGradQueryEngine(
+        index.as_query_engine(llm=llm, similarity_top_k=1), threshold=THRESHOLD, threshold_field="semgrad"
+    )
 
     responses = [engine.query(question) for question in QUESTIONS]
     assert all(isinstance(r, Response) for r in responses)
@@ -98,8 +100,10 @@ def main() -> None:
 
     runner = BatchEvalRunner(
         {
-            "with_context": SemGradEvaluator(threshold=THRESHOLD, llm=llm),
-            "closed_book": SemGradEvaluator(threshold=THRESHOLD, use_contexts=False),
+            "with_context": SemGradEvaluator(threshold=THRESHOLD, threshold_field="semgrad", llm=llm),
+            "closed_book": SemGradEvaluator(
+                threshold=THRESHOLD, threshold_field="semgrad", use_contexts=False
+            ),
         },
         workers=4,
     )
@@ -115,9 +119,9 @@ def main() -> None:
     for question, response, ctx, closed in zip(
         QUESTIONS, responses, results["with_context"], results["closed_book"], strict=True
     ):
-        ctx_score = "invalid" if ctx.invalid_result else f"{ctx.score:.2e}"
-        closed_score = "invalid" if closed.invalid_result else f"{closed.score:.2e}"
-        wrapper_score = response.metadata["semgrad"].semgrad
+        ctx_score = "invalid" if ctx.invalid_result else f"{ctx.score:.3f}"
+        closed_score = "invalid" if closed.invalid_result else f"{closed.score:.3f}"
+        wrapper_score = response.metadata["semgrad"]["semgrad"]
         print(f"{ctx_score:>9} {closed_score:>9} {wrapper_score:>9.2e} {ctx.passing!s:>5}  {question}")
         print(f"{'':>37}-> {' '.join((response.response or '').split())}")
     first = results["with_context"][0]

@@ -21,7 +21,7 @@ from langchain_core.callbacks import (
     adispatch_custom_event,
     dispatch_custom_event,
 )
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.prompts import Prompt
@@ -71,13 +71,22 @@ class Dispatch(NamedTuple):
     data: dict[str, Any]
 
 
+class Trace(NamedTuple):
+    """Record ``data`` as a child run ``name`` carrying ``tags`` and ``metadata``: what tracers display."""
+
+    name: str
+    data: dict[str, Any]
+    tags: list[str]
+    metadata: dict[str, Any]
+
+
 class Emit(NamedTuple):
     """Hand ``value`` to the caller: the output of ``invoke``, or one chunk of ``stream``."""
 
     value: Any
 
 
-IOEffect = Invoke | ScoreAnswer | Next | Offload | Dispatch
+IOEffect = Invoke | ScoreAnswer | Next | Offload | Dispatch | Trace
 """The effects a driver performs (it passes :class:`Emit` values on to its caller instead)."""
 T = TypeVar("T")
 Steps = Generator[IOEffect | Emit, Any, T]
@@ -141,7 +150,22 @@ def _perform(effect: IOEffect, config: RunnableConfig) -> Any:
         return effect.function(effect.argument)
     if isinstance(effect, Next):
         return next(effect.chunks, END)
+    if isinstance(effect, Trace):
+        return _trace_step(effect).invoke(effect.data, _trace_config(effect, config))
     return dispatch_custom_event(effect.name, effect.data, config=config)
+
+
+def _trace_step(effect: Trace) -> Runnable[Any, Any]:
+    return RunnableLambda(_identity, name=effect.name)
+
+
+def _identity(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def _trace_config(effect: Trace, config: RunnableConfig) -> RunnableConfig:
+    tags = [*config.get("tags", []), *effect.tags]
+    return {**config, "tags": tags, "metadata": {**config.get("metadata", {}), **effect.metadata}}
 
 
 def _timed_out(timeout: float) -> TimeoutError:
@@ -193,4 +217,6 @@ async def _aperform(effect: IOEffect, config: RunnableConfig) -> Any:
         return await asyncio.to_thread(effect.function, effect.argument)
     if isinstance(effect, Next):
         return await anext(effect.chunks, END)
+    if isinstance(effect, Trace):
+        return await _trace_step(effect).ainvoke(effect.data, _trace_config(effect, config))
     return await adispatch_custom_event(effect.name, effect.data, config=config)

@@ -8,20 +8,13 @@ call also publishes it as the custom event ``"semgrad_guard"`` (visible to callb
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForChainRun,
-    CallbackManagerForChainRun,
-    adispatch_custom_event,
-    dispatch_custom_event,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessageChunk, BaseMessageChunk
 from langchain_core.prompts import BasePromptTemplate
@@ -29,17 +22,40 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSequence,
 from pydantic import BaseModel, ConfigDict, model_validator
 from typing_extensions import Self
 
+from langchain_semgrad._capture import ModelCalls
+from langchain_semgrad._effects import (
+    END,
+    Dispatch,
+    Emit,
+    Invoke,
+    Next,
+    Offload,
+    ScoreAnswer,
+    Steps,
+    Trace,
+    adrive,
+    drive,
+)
 from langchain_semgrad._messages import (
     answer_text,
     as_chunk,
+    as_documents,
     attach,
     input_to_prompt,
     query_of,
     replace_text,
     with_context,
 )
-from langchain_semgrad.review import ReviewQueue
-from semgrad_guard import NoThresholdError, RawField, Score, SemGradError, SemGradScorer, default_scorer
+from langchain_semgrad.review import ReviewQueue, ReviewQueueError
+from semgrad_guard import (
+    InvalidInputError,
+    NoThresholdError,
+    RawField,
+    Score,
+    SemGradError,
+    SemGradScorer,
+    default_scorer,
+)
 from semgrad_guard.prompts import Prompt
 
 __all__ = ["GuardResult", "LowConfidenceError", "SemGradGuard"]
@@ -48,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 Policy = Literal["retrieve", "fallback", "human", "raise", "annotate"]
 """What the guard does with a low-confidence answer."""
+PromptSource = Literal["model_call", "reconstructed"]
+"""Where the scored prompt came from: the model call that gave the answer, or rebuilt from the input."""
 Route = Literal["pass", "annotate", "retrieve", "fallback", "human", "raise"]
 """What the guard did: ``"pass"`` means the answer was trusted (or the scorer failed open)."""
 ScorerErrorPolicy = Literal["fail_open", "fail_closed"]
@@ -58,6 +76,41 @@ ReviewHandler = Callable[[Prompt, str, "Score | None"], "str | None"]
 METADATA_KEY = "semgrad"
 CONTEXT_TEMPLATE = "Read this text and answer the question.\n\nText: {context}\n\nQuestion: {question}"
 _REROUTES = ("retrieve", "fallback")
+_GRADIENT_FIELDS = ("semgrad", "hybridgrad", "param_grad", "exgrad", "semgrad_para")
+"""Raw gradient norms: about 1e-5 to 1e-3 on the embedded model; a threshold from 0.01 to 1 is a risk."""
+_RISK_LIKE = (0.01, 1.0)
+
+
+def check_decision(
+    threshold: float | None, threshold_field: RawField | None, max_risk: float | None, owner: str
+) -> None:
+    """Refuse a decision rule that cannot be right, naming ``owner``'s own arguments."""
+    if max_risk is not None:
+        if threshold is not None:
+            raise ValueError(f"{owner} takes max_risk= (calibrated) or threshold= (raw), not both")
+        if not 0.0 <= max_risk <= 1.0:
+            raise ValueError(f"max_risk={max_risk} is not a probability: give a value from 0 to 1")
+        return
+    if threshold is None:
+        if threshold_field is not None:
+            raise ValueError(f"threshold_field={threshold_field!r} needs threshold= (the raw value)")
+        return
+    if threshold_field is None:
+        raise ValueError(
+            f"threshold={threshold} is a raw value on one Score field: name it, e.g. "
+            f"{owner}(..., threshold={threshold}, threshold_field='semgrad'); for a probability that the "
+            f"answer is wrong use {owner}(..., max_risk={threshold}) (needs a calibrated scorer)"
+        )
+    if not threshold >= 0.0:  # negative (flags every answer) or NaN (flags none)
+        raise ValueError(f"threshold={threshold} on {threshold_field!r} cannot be right: raw scores are >= 0")
+    low, high = _RISK_LIKE
+    if threshold_field in _GRADIENT_FIELDS and low <= threshold <= high:
+        raise ValueError(
+            f"threshold={threshold} on threshold_field={threshold_field!r} (a raw gradient norm, about "
+            f"1e-5 to 1e-3) would flag no answer: it looks like a risk. Use {owner}(..., "
+            f"max_risk={threshold}) for the calibrated probability of being wrong, or a raw threshold on "
+            f"this field's own scale (e.g. threshold=2e-5, threshold_field={threshold_field!r})"
+        )
 
 
 class GuardResult(BaseModel):
@@ -78,9 +131,28 @@ class GuardResult(BaseModel):
     final_low_confidence: bool | None
     scorer_error: str | None = None
     """The scorer failure, with the fail-open/closed policy in force, when scoring did not succeed."""
+    scored_prompt: Prompt | None = None
+    """The prompt the first answer was scored against: what its model call received (text or messages)."""
+    scored_prompt_source: PromptSource | None = None
+    """``"model_call"``: captured from the model call whose output became the answer (the last call when
+    none matches). ``"reconstructed"``: no model call was seen, so it was rebuilt from the input (``prompt=``
+    template, or the input / ``input_key`` value) and may miss what the chain added."""
+    scored_prompt_tokens: int | None = None
+    """Prompt tokens the scorer read (``Score.n_prompt_tokens``, after the chat template)."""
+    final_scored_prompt: Prompt | None = None
+    """The prompt the rerouted (``retrieve``/``fallback``) answer was scored against; ``None`` otherwise."""
+    final_scored_prompt_source: PromptSource | None = None
+    risk: float | None = None
+    """The first answer's calibrated probability of being wrong (``None`` without calibration)."""
+    confidence: float | None = None
+    """``1 - risk``."""
     review_id: str | None = None
-    documents: int | None = None
-    """How many documents the ``retrieve`` route added."""
+    review_error: str | None = None
+    """The review queue failure on the ``human`` route (it could not be opened or written), with the
+    ``on_scorer_error`` policy applied: ``fail_open`` passes the answer through flagged (route
+    ``"annotate"``), ``fail_closed`` raises :class:`LowConfidenceError` (route ``"raise"``)."""
+    documents: list[Document] | None = None
+    """The documents the ``retrieve`` route retrieved and put into the prompt."""
 
 
 class LowConfidenceError(SemGradError):
@@ -108,17 +180,11 @@ class _FirstPass(NamedTuple):
     """The first answer and what to do with it; travels between the steps of one call."""
 
     input: Any
-    first_input: Any
     prompt: Prompt
+    source: PromptSource
     answer: Any
     verdict: _Verdict
     route: Route
-
-
-@lru_cache(maxsize=1)
-def _timeout_pool() -> ThreadPoolExecutor:
-    """Worker threads for sync scoring with a timeout (a timed-out pass finishes in the background)."""
-    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="semgrad-guard")
 
 
 _queue_lock = threading.Lock()
@@ -134,13 +200,18 @@ def _default_queue() -> ReviewQueue:
 class SemGradGuard(RunnableSerializable[Any, Any]):
     """Wraps an answering step, scores each (prompt, answer) with SemGrad, and routes untrusted answers.
 
-    Args:
-        runnable: the answering step: a chat model, or a chain whose input becomes the prompt.
+    Attributes:
+        runnable: the answering step: a chat model, or a chain whose input becomes the prompt (the one
+            positional argument: ``SemGradGuard(llm, policy=...)``; the others are keywords).
         policy: what to do with a low-confidence answer: ``"retrieve"`` (rerun with retrieved context),
             ``"fallback"`` (route to ``fallback``), ``"human"`` (queue for review and return a holding
             answer), ``"raise"`` (:class:`LowConfidenceError`) or ``"annotate"`` (pass through, flagged).
-        threshold: untrusted when ``score_field`` exceeds it; ``None`` uses the scorer's calibration.
-        score_field: the raw Score field ``threshold`` applies to.
+        max_risk: untrusted when the calibrated ``Score.risk`` (probability of being wrong) exceeds it;
+            needs a calibrated scorer (the default scorer of the embedded model is).
+        threshold: a raw threshold: untrusted when ``threshold_field`` exceeds it. It must name its field;
+            a value that cannot be right (a risk-like 0.01-1 on a gradient norm) is refused.
+        threshold_field: the raw Score field ``threshold`` applies to (required with ``threshold``).
+        Neither ``max_risk`` nor ``threshold``: the calibration's own acceptance threshold decides.
         retriever: any retriever or runnable from a query string to documents (or text), for ``"retrieve"``.
         fallback: the runnable that answers instead, for ``"fallback"``; it gets the original input.
         review_queue: where ``"human"`` puts items (default: the SQLite queue at ``default_review_path()``).
@@ -161,8 +232,9 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
 
     runnable: Runnable[Any, Any]
     policy: Policy = "annotate"
+    max_risk: float | None = None
     threshold: float | None = None
-    score_field: RawField = "semgrad"
+    threshold_field: RawField | None = None
     retriever: Runnable[Any, Any] | None = None
     fallback: Runnable[Any, Any] | None = None
     review_queue: ReviewQueue | None = None
@@ -171,7 +243,7 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
     on_scorer_error: ScorerErrorPolicy = "fail_open"
     scorer_timeout: float | None = None
     scorer: SemGradScorer | None = None
-    prompt: BasePromptTemplate[Any] | None = None
+    prompt: Runnable[Any, Any] | None = None
     input_key: str = "question"
     context_key: str = "context"
     context_template: str = CONTEXT_TEMPLATE
@@ -183,6 +255,12 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
 
     @model_validator(mode="after")
     def _check_policy(self) -> Self:
+        check_decision(self.threshold, self.threshold_field, self.max_risk, "SemGradGuard")
+        if self.prompt is not None and not isinstance(self.prompt, BasePromptTemplate):
+            raise TypeError(
+                f"prompt= takes a prompt template (ChatPromptTemplate, PromptTemplate), "
+                f"not a {type(self.prompt).__name__}"
+            )
         if self.policy == "retrieve" and self.retriever is None:
             raise ValueError("policy='retrieve' needs retriever= (a retriever or runnable giving documents)")
         if self.policy == "fallback" and self.fallback is None:
@@ -202,10 +280,7 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         """The answering step's output type: the guard does not change it."""
         return self.runnable.OutputType
 
-    # ------------------------------------------------------------------------------ shared, no I/O
-    def _scorer(self) -> SemGradScorer:
-        return self.scorer if self.scorer is not None else default_scorer()
-
+    # ------------------------------------------------------------------ the policy core: decisions, no I/O
     def _prompt_of(self, value: Any) -> Prompt:
         if self.prompt is not None and isinstance(value, dict):
             return input_to_prompt(self.prompt.invoke(value), input_key=self.input_key)
@@ -220,7 +295,7 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         """Judge one scoring attempt; a failure follows ``on_scorer_error`` (a missing threshold raises)."""
         if isinstance(attempt, Score):
             try:
-                low = attempt.untrusted(self.threshold, self.score_field)
+                low = self._untrusted(attempt)
             except NoThresholdError:
                 raise
             except SemGradError as exc:
@@ -236,14 +311,18 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         )
         return _Verdict(None, None, reason, closed)
 
-    def _route(self, verdict: _Verdict) -> Route:
-        return self.policy if verdict.untrusted else "pass"
-
-    def _judged(
-        self, input_: Any, first_input: Any, prompt: Prompt, answer: Any, attempt: Score | Exception
-    ) -> _FirstPass:
-        verdict = self._verdict(attempt)
-        return _FirstPass(input_, first_input, prompt, answer, verdict, self._route(verdict))
+    def _untrusted(self, score: Score) -> bool:
+        """The decision: ``max_risk`` on the calibrated risk, else the raw threshold or the calibration."""
+        if self.max_risk is None:
+            return score.untrusted(self.threshold, self.threshold_field or "semgrad")
+        if not score.valid:
+            raise InvalidInputError(f"this pair was not scored: {score.invalid_reason}")
+        if score.risk is None:
+            raise NoThresholdError(
+                "max_risk= decides on the calibrated risk, and this scorer has no calibration: load one "
+                "(SemGradScorer(..., calibration=...)) or pass threshold= with threshold_field="
+            )
+        return score.risk > self.max_risk
 
     def _result(self, first: _FirstPass, final: _Verdict | None, **extra: Any) -> GuardResult:
         return GuardResult(
@@ -255,31 +334,30 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
             final_score=final.score if final is not None else None,
             final_low_confidence=final.low_confidence if final is not None else None,
             scorer_error=first.verdict.error or (final.error if final is not None else None),
+            scored_prompt=first.prompt,
+            scored_prompt_source=first.source,
+            scored_prompt_tokens=first.verdict.score.n_prompt_tokens if first.verdict.score else None,
+            risk=first.verdict.score.risk if first.verdict.score else None,
+            confidence=first.verdict.score.confidence if first.verdict.score else None,
             **extra,
         )
 
     def _rejected(self, first: _FirstPass) -> LowConfidenceError:
         result = self._result(first, first.verdict)
-        detail = first.verdict.error or f"{self.score_field}={getattr(first.verdict.score, self.score_field)}"
+        field = "risk" if self.max_risk is not None or self.threshold is None else self.threshold_field
+        detail = first.verdict.error or f"{field}={getattr(first.verdict.score, field or 'risk')}"
         return LowConfidenceError(f"low-confidence answer ({detail})", result=result, answer=first.answer)
 
-    def _reroute(self, first: _FirstPass, context: str | None) -> tuple[Runnable[Any, Any], Any]:
-        """The runnable to ask again and its input: the step with context, or the fallback."""
-        if first.route == "fallback":
-            assert self.fallback is not None
-            return self.fallback, first.input
-        assert context is not None
-        rerun = with_context(
-            first.input,
-            context,
-            template=self.context_template,
-            input_key=self.input_key,
-            context_key=self.context_key,
+    def _review_failed(self, first: _FirstPass, exc: ReviewQueueError) -> tuple[_FirstPass, str]:
+        """A failed review queue follows ``on_scorer_error``: pass flagged (open) or raise (closed)."""
+        closed = self.on_scorer_error == "fail_closed"
+        reason = f"{type(exc).__name__}: {exc} ({self.on_scorer_error})"
+        logger.warning(
+            "SemGrad review queue failed, %s: %s",
+            "failing closed (raising LowConfidenceError)" if closed else "failing open (passing, flagged)",
+            reason,
         )
-        return self.runnable, rerun
-
-    def _query(self, first: _FirstPass) -> str:
-        return query_of(input_to_prompt(first.input, input_key=self.input_key))
+        return first._replace(route="raise" if closed else "annotate"), reason
 
     def _hold(self, first: _FirstPass) -> tuple[Any, GuardResult]:
         """The ``human`` route: queue (or hand to the custom handler) and return the holding answer."""
@@ -294,79 +372,127 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         holding = replace_text(first.answer, replacement or self.holding_answer)
         return holding, self._result(first, None, review_id=review_id)
 
-    def _settle(self, first: _FirstPass) -> tuple[Any, GuardResult]:
-        """The routes that need no second answer: pass, annotate, human (raise is handled before)."""
-        if first.route == "human":
-            return self._hold(first)
-        return first.answer, self._result(first, first.verdict)
+    # ----------------------------------------------------- the policy core: one call, I/O as effects
+    def _steps(self, input_: Any, streaming: bool) -> Steps[None]:
+        """One guarded call for every path: answer, score, route, publish; yields the I/O it needs."""
+        first_input = self._first_input(input_)
+        calls = ModelCalls()
+        answer = yield Invoke(self.runnable, first_input, capture=calls)
+        prompt, source = self._scored_prompt(calls, first_input, answer)
+        verdict = yield from self._judge(prompt, answer)
+        route: Route = self.policy if verdict.untrusted else "pass"
+        first = _FirstPass(input_, prompt, source, answer, verdict, route)
+        if route == "raise":
+            error = self._rejected(first)
+            yield from self._publish(error.result)
+            raise error
+        if route in _REROUTES:
+            final, result = yield from self._second_answer(first, streaming)
+        elif route == "human":  # the review queue and custom handlers block: off the event loop
+            try:
+                final, result = yield Offload(self._hold, first)
+            except ReviewQueueError as exc:  # the queue failed: the scorer-error policy decides
+                first, reason = self._review_failed(first, exc)
+                final, result = first.answer, self._result(first, verdict, review_error=reason)
+                if first.route == "raise":
+                    rejected = LowConfidenceError(
+                        f"low-confidence answer, and the review queue failed: {reason}",
+                        result=result,
+                        answer=first.answer,
+                    )
+                    yield from self._publish(result)
+                    raise rejected from exc
+        else:
+            final, result = answer, self._result(first, verdict)
+        data = yield from self._publish(result)
+        if not (streaming and route in _REROUTES):  # the whole output at once, with its metadata
+            output = attach(final, METADATA_KEY, data)
+            yield Emit(as_chunk(output) if streaming else output)
+        elif isinstance(final, BaseMessageChunk):  # streamed already: a last chunk carries the metadata
+            yield Emit(AIMessageChunk(content="", response_metadata={METADATA_KEY: data}))
 
-    def _publish(self, output: Any, result: GuardResult) -> tuple[Any, dict[str, Any]]:
-        data = result.model_dump(mode="json")
-        return attach(output, METADATA_KEY, data), data
-
-    # ------------------------------------------------------------------------------------ sync I/O
-    def _score(self, prompt: Prompt, answer: Any) -> Score | Exception:
-        scorer = self._scorer()
+    def _scored_prompt(self, calls: ModelCalls, step_input: Any, answer: Any) -> tuple[Prompt, PromptSource]:
+        """The prompt the model that produced ``answer`` received; rebuilt from the input if none was seen."""
         try:
             text = answer_text(answer) if answer is not None else ""
-            if self.scorer_timeout is None:
-                return scorer.score(prompt, text)
-            return _timeout_pool().submit(scorer.score, prompt, text).result(timeout=self.scorer_timeout)
+        except TypeError:
+            text = ""
+        call = calls.answering_call(text)
+        if call is not None:
+            return call.prompt, "model_call"
+        logger.debug("SemGradGuard saw no model call: scoring a prompt rebuilt from the input")
+        return self._prompt_of(step_input), "reconstructed"
+
+    def _publish(self, result: GuardResult) -> Steps[dict[str, Any]]:
+        """Publish the decision where people look: the custom event, and a traced child run.
+
+        The child run ``semgrad_decision`` of the guard's run is tagged ``semgrad:<route>`` (plus
+        ``semgrad:flagged``) and its metadata has route, risk, confidence and flagged, so tracers
+        (LangSmith, Langfuse, ``astream_events``) show the decision; its output is the whole GuardResult.
+        """
+        data = result.model_dump(mode="json")
+        yield Dispatch(self.event_name, data)
+        tags = [f"semgrad:{result.route}"] + (["semgrad:flagged"] if result.flagged else [])
+        metadata = {
+            "semgrad_route": result.route,
+            "semgrad_risk": result.risk,
+            "semgrad_confidence": result.confidence,
+            "semgrad_flagged": result.flagged,
+        }
+        yield Trace("semgrad_decision", data, tags, metadata)
+        return data
+
+    def _judge(self, prompt: Prompt, answer: Any) -> Steps[_Verdict]:
+        """Score one answer; a scorer failure or timeout (any error) follows ``on_scorer_error``."""
+        scorer = self.scorer if self.scorer is not None else default_scorer()
+        try:
+            text = answer_text(answer) if answer is not None else ""
+            score = yield ScoreAnswer(scorer, prompt, text, self.scorer_timeout)
         except Exception as exc:  # the scorer's failures go to on_scorer_error, whatever they are
-            return exc
+            return self._verdict(exc)
+        return self._verdict(score)
 
-    def _first_pass(self, input_: Any, config: RunnableConfig) -> _FirstPass:
-        first_input = self._first_input(input_)
-        prompt = self._prompt_of(first_input)
-        answer = self.runnable.invoke(first_input, config)
-        first = self._judged(input_, first_input, prompt, answer, self._score(prompt, answer))
-        if first.route == "raise":
-            error = self._rejected(first)
-            dispatch_custom_event(self.event_name, error.result.model_dump(mode="json"), config=config)
-            raise error
-        return first
-
-    def _second_step(self, first: _FirstPass, config: RunnableConfig) -> tuple[Runnable[Any, Any], Any, int]:
-        if first.route == "fallback":
-            return (*self._reroute(first, None), 0)
-        assert self.retriever is not None
-        documents = _as_documents(self.retriever.invoke(self._query(first), config))
-        return (*self._reroute(first, _context(documents)), len(documents))
-
-    def _guard(self, input_: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
-        first = self._first_pass(input_, config)
-        if first.route in _REROUTES:
-            step, step_input, documents = self._second_step(first, config)
-            final = step.invoke(step_input, config)
-            verdict = self._verdict(self._score(self._prompt_of(step_input), final))
-            result = self._result(first, verdict, documents=documents if first.route == "retrieve" else None)
+    def _second_answer(self, first: _FirstPass, streaming: bool) -> Steps[tuple[Any, GuardResult]]:
+        """The ``retrieve`` and ``fallback`` routes: ask again (streaming it out as it comes), then score."""
+        step, step_input, documents = self.fallback, first.input, None  # the fallback: the original input
+        if first.route == "retrieve":
+            assert self.retriever is not None
+            query = query_of(input_to_prompt(first.input, input_key=self.input_key))
+            retrieved = as_documents((yield Invoke(self.retriever, query)))
+            context = "\n\n".join(document.page_content for document in retrieved)
+            step, documents = self.runnable, retrieved
+            step_input = with_context(
+                first.input,
+                context,
+                template=self.context_template,
+                input_key=self.input_key,
+                context_key=self.context_key,
+            )
+        assert step is not None
+        final: Any = None
+        calls = ModelCalls()
+        if streaming:
+            chunks = yield Invoke(step, step_input, stream=True, capture=calls)
+            while (chunk := (yield Next(chunks))) is not END:
+                chunk = as_chunk(chunk)  # a whole AIMessage (a lambda's output) streams as its chunk
+                final = chunk if final is None else final + chunk
+                yield Emit(chunk)
         else:
-            final, result = self._settle(first)
-        output, data = self._publish(final, result)
-        dispatch_custom_event(self.event_name, data, config=config)
+            final = yield Invoke(step, step_input, capture=calls)
+        prompt, source = self._scored_prompt(calls, step_input, final)
+        verdict = yield from self._judge(prompt, final)
+        extra = {"final_scored_prompt": prompt, "final_scored_prompt_source": source}
+        return final, self._result(first, verdict, documents=documents, **extra)
+
+    # ------------------------------------- the two paths: the same core, run by the sync or the async driver
+    def _guard(self, input_: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> Any:
+        (output,) = drive(self._steps(input_, streaming=False), config)
         return output
 
     def _guard_stream(
         self, inputs: Iterator[Any], run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> Iterator[Any]:
-        first = self._first_pass(_single(inputs), config)
-        if first.route not in _REROUTES:
-            final, result = self._settle(first)
-            output, data = self._publish(final, result)
-            dispatch_custom_event(self.event_name, data, config=config)
-            yield as_chunk(output)
-            return
-        step, step_input, documents = self._second_step(first, config)
-        buffered: Any = None
-        for chunk in step.stream(step_input, config):
-            buffered = chunk if buffered is None else buffered + chunk
-            yield chunk
-        verdict = self._verdict(self._score(self._prompt_of(step_input), buffered))
-        result = self._result(first, verdict, documents=documents if first.route == "retrieve" else None)
-        data = result.model_dump(mode="json")
-        dispatch_custom_event(self.event_name, data, config=config)
-        if isinstance(buffered, BaseMessageChunk):
-            yield AIMessageChunk(content="", response_metadata={METADATA_KEY: data})
+        yield from drive(self._steps(next(iter(inputs)), streaming=True), config)
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Answer, score, and route by policy; the output keeps the answering step's type."""
@@ -376,76 +502,17 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         """Buffer and score the first answer, then stream the chosen route's output (metadata chunk last)."""
         yield from self._transform_stream_with_config(iter([input]), self._guard_stream, config, **kwargs)
 
-    # ----------------------------------------------------------------------------------- async I/O
-    async def _ascore(self, prompt: Prompt, answer: Any) -> Score | Exception:
-        scorer = self._scorer()
-        try:
-            text = answer_text(answer) if answer is not None else ""
-            return await asyncio.wait_for(scorer.ascore(prompt, text), self.scorer_timeout)
-        except Exception as exc:  # the scorer's failures go to on_scorer_error, whatever they are
-            return exc
-
-    async def _afirst_pass(self, input_: Any, config: RunnableConfig) -> _FirstPass:
-        first_input = self._first_input(input_)
-        prompt = self._prompt_of(first_input)
-        answer = await self.runnable.ainvoke(first_input, config)
-        first = self._judged(input_, first_input, prompt, answer, await self._ascore(prompt, answer))
-        if first.route == "raise":
-            error = self._rejected(first)
-            await adispatch_custom_event(self.event_name, error.result.model_dump(mode="json"), config=config)
-            raise error
-        return first
-
-    async def _asecond_step(
-        self, first: _FirstPass, config: RunnableConfig
-    ) -> tuple[Runnable[Any, Any], Any, int]:
-        if first.route == "fallback":
-            return (*self._reroute(first, None), 0)
-        assert self.retriever is not None
-        documents = _as_documents(await self.retriever.ainvoke(self._query(first), config))
-        return (*self._reroute(first, _context(documents)), len(documents))
-
-    async def _asettle(self, first: _FirstPass) -> tuple[Any, GuardResult]:
-        if first.route == "human":  # the review queue and custom handlers block: keep them off the loop
-            return await asyncio.to_thread(self._hold, first)
-        return self._settle(first)
-
     async def _aguard(
         self, input_: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
     ) -> Any:
-        first = await self._afirst_pass(input_, config)
-        if first.route in _REROUTES:
-            step, step_input, documents = await self._asecond_step(first, config)
-            final = await step.ainvoke(step_input, config)
-            verdict = self._verdict(await self._ascore(self._prompt_of(step_input), final))
-            result = self._result(first, verdict, documents=documents if first.route == "retrieve" else None)
-        else:
-            final, result = await self._asettle(first)
-        output, data = self._publish(final, result)
-        await adispatch_custom_event(self.event_name, data, config=config)
+        (output,) = [value async for value in adrive(self._steps(input_, streaming=False), config)]
         return output
 
     async def _aguard_stream(
         self, inputs: AsyncIterator[Any], run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
     ) -> AsyncIterator[Any]:
-        first = await self._afirst_pass(await _asingle(inputs), config)
-        if first.route not in _REROUTES:
-            final, result = await self._asettle(first)
-            output, data = self._publish(final, result)
-            await adispatch_custom_event(self.event_name, data, config=config)
-            yield as_chunk(output)
-            return
-        step, step_input, documents = await self._asecond_step(first, config)
-        buffered: Any = None
-        async for chunk in step.astream(step_input, config):
-            buffered = chunk if buffered is None else buffered + chunk
+        async for chunk in adrive(self._steps(await _asingle(inputs), streaming=True), config):
             yield chunk
-        verdict = self._verdict(await self._ascore(self._prompt_of(step_input), buffered))
-        result = self._result(first, verdict, documents=documents if first.route == "retrieve" else None)
-        data = result.model_dump(mode="json")
-        await adispatch_custom_event(self.event_name, data, config=config)
-        if isinstance(buffered, BaseMessageChunk):
-            yield AIMessageChunk(content="", response_metadata={METADATA_KEY: data})
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """Async :meth:`invoke`; scoring runs in a worker thread, never on the event loop."""
@@ -462,20 +529,6 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         stream = self._atransform_stream_with_config(single(), self._aguard_stream, config, **kwargs)
         async for chunk in stream:
             yield chunk
-
-
-def _as_documents(retrieved: Any) -> list[Document]:
-    """A retriever's output as documents (a runnable may return one string or a list of strings)."""
-    items: Sequence[Any] = [retrieved] if isinstance(retrieved, (str, Document)) else retrieved
-    return [item if isinstance(item, Document) else Document(page_content=str(item)) for item in items]
-
-
-def _context(documents: Sequence[Document]) -> str:
-    return "\n\n".join(document.page_content for document in documents)
-
-
-def _single(inputs: Iterator[Any]) -> Any:
-    return next(iter(inputs))
 
 
 async def _asingle(inputs: AsyncIterator[Any]) -> Any:

@@ -31,7 +31,7 @@ CONTEXTS = [
 @pytest.fixture(scope="module")
 def sequential(li_scorer: SemGradScorer) -> list[EvaluationResult]:
     """One evaluate() call after another: the reference for the concurrent runs."""
-    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3)
+    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3, threshold_field="semgrad")
     return [
         evaluator.evaluate(query=q, response=a, contexts=c)
         for q, a, c in zip(QUERIES, ANSWERS, CONTEXTS, strict=True)
@@ -51,7 +51,7 @@ def _same(a: EvaluationResult, b: EvaluationResult) -> None:
 def test_batch_eval_runner_with_workers_equals_sequential(
     li_scorer: SemGradScorer, sequential: list[EvaluationResult]
 ) -> None:
-    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3)
+    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3, threshold_field="semgrad")
     runner = BatchEvalRunner({"semgrad": evaluator}, workers=4)
 
     async def run() -> tuple[dict[str, list[EvaluationResult]], int]:
@@ -86,7 +86,7 @@ def test_batch_eval_runner_with_workers_equals_sequential(
 def test_concurrent_aevaluate_share_one_scorer(
     li_scorer: SemGradScorer, sequential: list[EvaluationResult]
 ) -> None:
-    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3)
+    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3, threshold_field="semgrad")
 
     async def run() -> list[EvaluationResult]:
         calls = (

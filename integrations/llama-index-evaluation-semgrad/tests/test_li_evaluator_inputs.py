@@ -66,5 +66,5 @@ def test_well_formed_arguments_still_score() -> None:
     result = evaluator.evaluate(query=QUERY, response=ANSWER, contexts=("one", "two"))
     assert not result.invalid_result and result.contexts == ["one", "two"]
     given = [{"role": "user", "content": QUERY, "name": "ignored"}]
-    assert evaluator.evaluate(response=ANSWER, prompt=given).score == 1.0
+    assert evaluator.evaluate(response=ANSWER, prompt=given).score == 0.5  # uncalibrated: 1 / (1 + semgrad)
     assert scorer.calls[-1] == ([{"role": "user", "content": QUERY}], ANSWER)

@@ -39,9 +39,10 @@ def test_sync_query_scores_each_llm_call_once(
     evaluation = SemGradEvaluator(scorer=li_scorer, llm=li_llm).evaluate_response(
         query=query, response=response
     )
-    assert evaluation.score == pytest.approx(llm_score.score.semgrad, rel=1e-9)
+    assert evaluation.score == pytest.approx(llm_score.score.confidence, rel=1e-9)  # a confidence
     query_score = next(event for event in scores if event.source == "query")
-    assert query_score.score.semgrad == pytest.approx(evaluation.score, rel=1e-9)
+    assert query_score.score.confidence == pytest.approx(evaluation.score, rel=1e-9)
+    assert query_score.score.semgrad == pytest.approx(llm_score.score.semgrad, rel=1e-9)
 
 
 def test_async_query_is_scored_in_the_background(

@@ -7,6 +7,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.evaluation.semgrad import (
     SemGradEvaluator,
     SemGradEventHandler,
+    SemGradInputError,
     SemGradQueryEngine,
     SemGradScoreEvent,
 )
@@ -16,6 +17,7 @@ from semgrad_guard import default_scorer
 EXPECTED_ALL = [
     "SemGradEvaluator",
     "SemGradEventHandler",
+    "SemGradInputError",
     "SemGradLocalLLM",
     "SemGradQueryEngine",
     "SemGradScoreEvent",
@@ -39,6 +41,7 @@ def test_classes_plug_into_llama_index() -> None:
     assert issubclass(SemGradEventHandler, BaseEventHandler)
     assert issubclass(SemGradQueryEngine, BaseQueryEngine)
     assert SemGradScoreEvent.class_name() == "SemGradScoreEvent"
+    assert issubclass(SemGradInputError, ValueError)
 
 
 def test_components_share_the_default_scorer_without_loading() -> None:

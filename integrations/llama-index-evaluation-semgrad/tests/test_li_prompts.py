@@ -80,7 +80,8 @@ def test_several_contexts_give_the_pinned_prompt() -> None:
     evaluator = SemGradEvaluator(scorer=scorer)
     result = evaluator.evaluate(query=QUERY, response=ANSWER, contexts=CONTEXTS)
     assert scorer.calls == [([{"role": "user", "content": EXPECTED_USER_TURN}], ANSWER)]
-    assert result.score == scorer.score(EXPECTED_USER_TURN, ANSWER).semgrad  # scoring the pinned prompt
+    raw = scorer.score(EXPECTED_USER_TURN, ANSWER).semgrad  # scoring the pinned prompt
+    assert raw is not None and result.score == pytest.approx(1 / (1 + raw))  # uncalibrated confidence
     assert "prompt=query + 3 contexts (QA template)" in result.feedback
 
 

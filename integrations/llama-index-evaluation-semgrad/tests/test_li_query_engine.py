@@ -1,4 +1,5 @@
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -34,25 +35,26 @@ def test_wrapper_scores_the_prompt_the_llm_saw(
     li_index: VectorStoreIndex, li_llm: SemGradLocalLLM, li_scorer: SemGradScorer
 ) -> None:
     engine = SemGradQueryEngine(
-        li_index.as_query_engine(llm=li_llm, similarity_top_k=1), scorer=li_scorer, threshold=1.0
+        li_index.as_query_engine(llm=li_llm, similarity_top_k=1), scorer=li_scorer, max_risk=1.0
     )
     query = "How many books can a member borrow?"
     sync, async_ = engine.query(query), asyncio.run(engine.aquery(query))
     for response in (sync, async_):
-        score = response.metadata["semgrad"]
-        assert isinstance(score, Score) and score.valid
+        json.dumps(response.metadata)  # JSON only: tracers and docstores can store it
+        score = Score.model_validate(response.metadata["semgrad"])
+        assert score.valid
         assert response.metadata["semgrad_route"] == "primary"
         assert response.metadata["semgrad_prompt"] == "recorded"  # also through aquery's tasks and threads
     rebuilt = SemGradEvaluator(scorer=li_scorer, llm=li_llm).evaluate_response(query=query, response=sync)
-    assert sync.metadata["semgrad"].semgrad == pytest.approx(rebuilt.score, rel=1e-9)
+    assert sync.metadata["semgrad"]["confidence"] == pytest.approx(rebuilt.score, rel=1e-9)
     assert async_.response == sync.response  # greedy: the same answer, so the same score
-    assert async_.metadata["semgrad"].semgrad == pytest.approx(rebuilt.score, rel=1e-9)
+    assert async_.metadata["semgrad"]["confidence"] == pytest.approx(rebuilt.score, rel=1e-9)
 
 
 def test_untrusted_answers_go_to_the_fallback(li_scorer: SemGradScorer) -> None:
     primary = Fixed(answer="The library opens at noon.", returned=[])
     fallback = Fixed(answer="Please ask a librarian.", returned=[])
-    guarded = SemGradQueryEngine(primary, scorer=li_scorer, threshold=0.0, fallback_query_engine=fallback)
+    guarded = SemGradQueryEngine(primary, scorer=li_scorer, max_risk=0.0, fallback_query_engine=fallback)
     response = guarded.query("When does the library open on Saturdays?")
     assert response.response == "Please ask a librarian."
     assert response.metadata["semgrad_route"] == "fallback"
@@ -60,19 +62,20 @@ def test_untrusted_answers_go_to_the_fallback(li_scorer: SemGradScorer) -> None:
     assert response.metadata["engine"] == "Please ask a librarian."
     assert response.metadata["semgrad_prompt"] == "query only"
     expected = li_scorer.score("When does the library open on Saturdays?", "The library opens at noon.")
-    assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=1e-9)
+    assert response.metadata["semgrad"]["semgrad"] == pytest.approx(expected.semgrad, rel=1e-9)
     assert primary.returned[0].metadata == {"engine": "The library opens at noon."}  # not mutated
     assert fallback.returned[0].metadata == {"engine": "Please ask a librarian."}
 
-    trusting = SemGradQueryEngine(primary, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback)
+    trusting = SemGradQueryEngine(primary, scorer=li_scorer, max_risk=1.0, fallback_query_engine=fallback)
     kept = asyncio.run(trusting.aquery("When does the library open on Saturdays?"))
     assert kept.response == "The library opens at noon." and kept.metadata["semgrad_route"] == "primary"
     assert len(fallback.returned) == 1
 
 
 def test_no_threshold_with_a_fallback_raises(li_scorer: SemGradScorer) -> None:
+    uncalibrated = SemGradScorer((li_scorer.model, li_scorer.tokenizer), calibration=None)
     guarded = SemGradQueryEngine(
-        Fixed(answer="Noon.", returned=[]), scorer=li_scorer, fallback_query_engine=Fixed()
+        Fixed(answer="Noon.", returned=[]), scorer=uncalibrated, fallback_query_engine=Fixed()
     )
     with pytest.raises(NoThresholdError):
         guarded.query("When does it open?")
@@ -82,12 +85,12 @@ def test_no_threshold_with_a_fallback_raises(li_scorer: SemGradScorer) -> None:
 
 def test_invalid_answers_follow_fallback_on_invalid(li_scorer: SemGradScorer) -> None:
     empty, fallback = Fixed(answer="  ", returned=[]), Fixed(answer="Ask a librarian.", returned=[])
-    keep = SemGradQueryEngine(empty, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback)
+    keep = SemGradQueryEngine(empty, scorer=li_scorer, max_risk=1.0, fallback_query_engine=fallback)
     kept = keep.query("When does it open?")
     assert kept.metadata["semgrad_route"] == "primary"
-    assert kept.metadata["semgrad"].invalid_reason.startswith("empty_answer:")
+    assert kept.metadata["semgrad"]["invalid_reason"].startswith("empty_answer:")
     route = SemGradQueryEngine(
-        empty, scorer=li_scorer, threshold=1.0, fallback_query_engine=fallback, fallback_on_invalid=True
+        empty, scorer=li_scorer, max_risk=1.0, fallback_query_engine=fallback, fallback_on_invalid=True
     )
     assert route.query("When does it open?").response == "Ask a librarian."
 
@@ -103,4 +106,22 @@ def test_concurrent_queries_keep_their_own_scores(li_scorer: SemGradScorer) -> N
         assert response.response == f"It is {query.split()[-1]}"
         expected = li_scorer.score(query, response.response)
         # concurrent queries share a padded pass: equal to batched-scoring precision
-        assert response.metadata["semgrad"].semgrad == pytest.approx(expected.semgrad, rel=FLOAT32_DRIFT)
+        assert response.metadata["semgrad"]["semgrad"] == pytest.approx(expected.semgrad, rel=FLOAT32_DRIFT)
+
+
+def test_nested_guards_keep_each_others_records(li_scorer: SemGradScorer) -> None:
+    inner = SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer, name="inner")
+    outer = SemGradQueryEngine(inner, scorer=li_scorer, name="outer")
+    response = outer.query("Which city is the capital of Italy")
+    records = response.metadata["semgrad_guards"]
+    assert [record["name"] for record in records] == ["inner", "outer"]
+    assert all(record["route"] == "primary" and record["score"]["valid"] for record in records)
+    assert records[1]["score"]["reused"] is True  # the same pair: one pass, shared
+    assert json.loads(json.dumps(response.metadata)) == response.metadata
+
+
+def test_query_engine_refuses_a_risk_given_as_a_raw_threshold(li_scorer: SemGradScorer) -> None:
+    with pytest.raises(ValueError, match=r"max_risk=0\.3"):
+        SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer, threshold=0.3, threshold_field="semgrad")
+    with pytest.raises(ValueError, match="threshold_field="):
+        SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer, threshold=2e-5)

@@ -18,7 +18,7 @@ FLOAT32_DRIFT = 1e-3
 
 pytestmark = pytest.mark.slow
 
-ALWAYS, NEVER = 0.0, 1.0  # raw semgrad thresholds that flag every answer / no answer (routing tests)
+ALWAYS, NEVER = 0.0, 1.0  # max_risk values (calibrated) that flag every answer / no answer (routing tests)
 QUESTION = "When was the Eiffel Tower completed?"
 
 
@@ -31,7 +31,7 @@ def test_message_in_message_out_with_the_real_score(chat, scorer) -> None:
         SystemMessage("Answer in one short sentence."),
         HumanMessage("What is the capital of France?"),
     ]
-    out = SemGradGuard(chat, threshold=ALWAYS).invoke(messages)  # no scorer=: the shared default
+    out = SemGradGuard(chat, max_risk=ALWAYS).invoke(messages)  # no scorer=: the shared default
     assert isinstance(out, AIMessage) and out.text.strip()
     result = result_of(out)
     assert (result.route, result.flagged, result.low_confidence) == ("annotate", True, True)
@@ -43,7 +43,7 @@ def test_message_in_message_out_with_the_real_score(chat, scorer) -> None:
 
 
 def test_str_in_str_out(chat) -> None:
-    out = SemGradGuard(chat | StrOutputParser(), threshold=NEVER).invoke("Name a primary color.")
+    out = SemGradGuard(chat | StrOutputParser(), max_risk=NEVER).invoke("Name a primary color.")
     assert isinstance(out, str) and out.strip()
 
 
@@ -51,18 +51,19 @@ def test_retrieve_only_when_unsure(chat, vector_store) -> None:
     asked: list[str] = []
     spy = RunnableLambda(lambda q: asked.append(q) or q)
     retriever = spy | vector_store.as_retriever(search_kwargs={"k": 2})
-    confident = SemGradGuard(chat, policy="retrieve", retriever=retriever, threshold=NEVER).invoke(QUESTION)
+    confident = SemGradGuard(chat, policy="retrieve", retriever=retriever, max_risk=NEVER).invoke(QUESTION)
     assert result_of(confident).route == "pass" and asked == []
-    out = SemGradGuard(chat, policy="retrieve", retriever=retriever, threshold=ALWAYS).invoke(QUESTION)
+    out = SemGradGuard(chat, policy="retrieve", retriever=retriever, max_risk=ALWAYS).invoke(QUESTION)
     result = result_of(out)
-    assert asked == [QUESTION] and (result.route, result.documents) == ("retrieve", 2)
+    assert asked == [QUESTION] and result.route == "retrieve" and result.documents is not None
+    assert len(result.documents) == 2 and any("Eiffel" in doc.page_content for doc in result.documents)
     assert result.score is not None and result.final_score is not None
     assert result.final_score.n_prompt_tokens > result.score.n_prompt_tokens  # scored with its context
 
 
 @pytest.mark.asyncio
 async def test_fallback_async(chat, short_chat) -> None:
-    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, threshold=ALWAYS)
+    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, max_risk=ALWAYS)
     out = await guard.ainvoke("Name a large animal.")
     result = result_of(out)
     assert isinstance(out, AIMessage) and result.route == "fallback"
@@ -75,19 +76,21 @@ async def test_fallback_async(chat, short_chat) -> None:
 @pytest.mark.asyncio
 async def test_human_review_async_survives_restart(chat, tmp_path) -> None:
     path = tmp_path / "review.sqlite3"
-    guard = SemGradGuard(chat, policy="human", review_queue=ReviewQueue(path), threshold=ALWAYS)
+    guard = SemGradGuard(chat, policy="human", review_queue=ReviewQueue(path), max_risk=ALWAYS)
     out = await guard.ainvoke("Who wrote Hamlet?")
     assert isinstance(out, AIMessage) and out.text == guard.holding_answer
     (item,) = ReviewQueue(path).items()  # a new queue object on the same file: a restart
     assert (
-        item.id == result_of(out).review_id and item.prompt == "Who wrote Hamlet?" and item.score is not None
+        item.id == result_of(out).review_id
+        and item.prompt == [{"role": "user", "content": "Who wrote Hamlet?"}]  # what the model received
+        and item.score is not None
     )
     ReviewQueue(path).resolve(item.id, "William Shakespeare")
     assert ReviewQueue(path).items() == []
 
 
 def test_raise_then_with_fallbacks(chat) -> None:
-    guard = SemGradGuard(chat, policy="raise", threshold=ALWAYS)
+    guard = SemGradGuard(chat, policy="raise", max_risk=ALWAYS)
     with pytest.raises(LowConfidenceError) as caught:
         guard.invoke("Name a planet.")
     assert isinstance(caught.value.answer, AIMessage) and caught.value.result.score is not None
@@ -98,7 +101,7 @@ def test_raise_then_with_fallbacks(chat) -> None:
 @pytest.mark.asyncio
 async def test_batch_and_abatch_with_concurrency_match_direct_scores(chat, scorer) -> None:
     questions = ["What is 2 + 2?", "Name a fruit.", "What color is the sky?"]
-    guard = SemGradGuard(chat, threshold=NEVER)
+    guard = SemGradGuard(chat, max_risk=NEVER)
     sync = guard.batch(questions, {"max_concurrency": 3})
     async_ = await guard.abatch(questions, {"max_concurrency": 3})
     assert [m.text for m in sync] == [m.text for m in async_]
@@ -109,7 +112,7 @@ async def test_batch_and_abatch_with_concurrency_match_direct_scores(chat, score
 
 
 def test_stream_buffers_scores_then_streams_the_fallback(chat, short_chat) -> None:
-    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, threshold=ALWAYS)
+    guard = SemGradGuard(chat, policy="fallback", fallback=short_chat, max_risk=ALWAYS)
     chunks = list(guard.stream("Name a country in Europe."))
     assert len(chunks) > 2 and all(isinstance(chunk, AIMessageChunk) for chunk in chunks)
     whole = chunks[0]
@@ -122,7 +125,7 @@ def test_stream_buffers_scores_then_streams_the_fallback(chat, short_chat) -> No
 
 @pytest.mark.asyncio
 async def test_astream_annotate(chat) -> None:
-    chunks = [c async for c in SemGradGuard(chat, threshold=ALWAYS).astream("Name a month.")]
+    chunks = [c async for c in SemGradGuard(chat, max_risk=ALWAYS).astream("Name a month.")]
     assert len(chunks) == 1 and result_of(chunks[0]).route == "annotate"
 
 
@@ -131,7 +134,7 @@ def test_scorer_failure_policies(chat, scorer, mode, route, caplog) -> None:
     tiny = SemGradScorer((scorer.model, scorer.tokenizer), max_length=8)  # every pair is too long: it raises
     fallback = RunnableLambda(lambda _: AIMessage("fallback answer"))
     guard = SemGradGuard(
-        chat, policy="fallback", fallback=fallback, scorer=tiny, threshold=NEVER, on_scorer_error=mode
+        chat, policy="fallback", fallback=fallback, scorer=tiny, max_risk=NEVER, on_scorer_error=mode
     )
     out = guard.invoke("Name a bird.")
     result = result_of(out)
@@ -141,6 +144,32 @@ def test_scorer_failure_policies(chat, scorer, mode, route, caplog) -> None:
 
 
 def test_scorer_timeout_fails_open(chat) -> None:
-    out = SemGradGuard(chat, threshold=NEVER, scorer_timeout=1e-4).invoke("Name a tree.")
+    out = SemGradGuard(chat, max_risk=NEVER, scorer_timeout=1e-4).invoke("Name a tree.")
     result = result_of(out)
     assert result.route == "pass" and result.flagged and "TimeoutError" in (result.scorer_error or "")
+
+
+def test_lcel_rag_chain_wrapped_whole_scores_the_prompt_with_context(chat, scorer, vector_store) -> None:
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    def format_docs(docs: list[Any]) -> str:
+        return "\n\n".join(doc.page_content for doc in docs)
+
+    template = ChatPromptTemplate.from_messages(
+        [("system", "Answer from this context: {context}"), ("human", "{question}")]
+    )
+    retriever = vector_store.as_retriever(search_kwargs={"k": 2})
+    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | template | chat
+    out = SemGradGuard(chain, max_risk=NEVER).invoke(QUESTION)
+    result = result_of(out)
+    assert result.scored_prompt_source == "model_call" and result.score is not None
+    context = format_docs(retriever.invoke(QUESTION))
+    received = [
+        {"role": "system", "content": f"Answer from this context: {context}"},
+        {"role": "user", "content": QUESTION},
+    ]
+    assert result.scored_prompt == received
+    with_context = scorer.score(received, out.text).n_prompt_tokens
+    bare = scorer.score(QUESTION, out.text).n_prompt_tokens
+    assert result.scored_prompt_tokens == with_context and bare is not None and with_context > bare

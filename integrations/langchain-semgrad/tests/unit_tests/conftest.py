@@ -53,7 +53,7 @@ class EchoChat(BaseChatModel):
 
 
 class FakeScorer(SemGradScorer):
-    """semgrad = 1.0 when the answer says 'unsure', else 0.0; can raise or stall to test failure policies."""
+    """semgrad = 2e-3 when the answer says 'unsure', else 0.0; can raise or stall to test failure policies."""
 
     def __init__(
         self, *, error: Exception | None = None, delay: float = 0.0, calibrated: bool = False
@@ -71,7 +71,7 @@ class FakeScorer(SemGradScorer):
         if self.calibrated:  # what a calibration fills in: the decision without a raw threshold
             risk = 0.9 if unsure else 0.1
             return Score(model="fake", semgrad=0.0, risk=risk, confidence=1 - risk, low_confidence=unsure)
-        return Score(model="fake", semgrad=1.0 if unsure else 0.0)
+        return Score(model="fake", semgrad=2e-3 if unsure else 0.0)
 
     async def ascore(self, prompt: Prompt, answer: str, *, errors: Any = "raise") -> Score:
         return await asyncio.to_thread(self.score, prompt, answer, errors=errors)

@@ -33,7 +33,7 @@ def check_pairs(results: list[ScoredRun]) -> None:
 
 def test_concurrent_runs_stay_apart_and_leave_nothing(chat, scorer) -> None:
     seen: list[ScoredRun] = []
-    handler = SemGradCallbackHandler(scorer, on_score=seen.append, threshold=0.5)
+    handler = SemGradCallbackHandler(scorer, on_score=seen.append, threshold=1e-3)
     answers = chat.batch(QUESTIONS, {"callbacks": [handler], "max_concurrency": 8})
     assert len(handler.results) == len(seen) == 8 and handler.in_flight == 0
     check_pairs(handler.results)
@@ -49,7 +49,7 @@ async def test_async_handler_under_gather(chat, scorer) -> None:
         hooked.append(result)
 
     hooked: list[ScoredRun] = []
-    handler = AsyncSemGradCallbackHandler(scorer, on_score=hook, threshold=0.5)
+    handler = AsyncSemGradCallbackHandler(scorer, on_score=hook, threshold=1e-3)
     await asyncio.gather(*(chat.ainvoke(q, {"callbacks": [handler]}) for q in QUESTIONS))
     assert len(hooked) == 8 and handler.in_flight == 0
     check_pairs(handler.results)

@@ -47,9 +47,9 @@ def retriever() -> RunnableLambda[str, list[Document]]:
 
 def test_policy_needs_its_runnable(chat, scorer) -> None:
     with pytest.raises(ValueError, match="retriever"):
-        SemGradGuard(chat, policy="retrieve", scorer=scorer, threshold=0.5)
+        SemGradGuard(chat, policy="retrieve", scorer=scorer, threshold=1e-3, threshold_field="semgrad")
     with pytest.raises(ValueError, match="fallback"):
-        SemGradGuard(chat, policy="fallback", scorer=scorer, threshold=0.5)
+        SemGradGuard(chat, policy="fallback", scorer=scorer, threshold=1e-3, threshold_field="semgrad")
 
 
 def test_without_threshold_or_calibration_first_use_fails_clearly(chat, scorer) -> None:
@@ -64,24 +64,28 @@ def test_calibrated_scorer_decides_without_a_threshold(chat, make_scorer) -> Non
     assert result_of(guard.invoke(HARD)).route == "annotate"
     # an explicit raw threshold takes precedence over the calibration (semgrad is 0.0 here)
     assert (
-        result_of(SemGradGuard(chat, scorer=make_scorer(calibrated=True), threshold=0.5).invoke(HARD)).route
+        result_of(
+            SemGradGuard(
+                chat, scorer=make_scorer(calibrated=True), threshold=1e-3, threshold_field="semgrad"
+            ).invoke(HARD)
+        ).route
         == "pass"
     )
 
 
 def test_annotate_passes_confident_and_flags_unsure(chat, scorer) -> None:
-    guard = SemGradGuard(chat, scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(chat, scorer=scorer, threshold=1e-3, threshold_field="semgrad")
     confident, unsure = guard.invoke(EASY), guard.invoke(HARD)
     assert isinstance(confident, AIMessage) and confident.content == f"sure: {EASY}"
     assert (result_of(confident).route, result_of(confident).flagged) == ("pass", False)
     assert (result_of(unsure).route, result_of(unsure).flagged) == ("annotate", True)
-    assert result_of(unsure).score is not None and result_of(unsure).score.semgrad == 1.0
+    assert result_of(unsure).score is not None and result_of(unsure).score.semgrad == 2e-3
     assert result_of(unsure).final_score == result_of(unsure).score
 
 
 def test_string_chain_keeps_str_and_reports_through_the_event(chat, scorer) -> None:
     sink = EventSink()
-    guard = SemGradGuard(chat | StrOutputParser(), scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(chat | StrOutputParser(), scorer=scorer, threshold=1e-3, threshold_field="semgrad")
     out = guard.invoke(HARD, {"callbacks": [sink]})
     assert isinstance(out, str) and out == f"unsure about {HARD}"
     assert [name for name, _ in sink.events] == ["semgrad_guard"]
@@ -90,7 +94,7 @@ def test_string_chain_keeps_str_and_reports_through_the_event(chat, scorer) -> N
 
 def test_message_input_gives_message_output_and_scores_the_messages(chat, scorer) -> None:
     messages = [SystemMessage("Be brief."), HumanMessage(EASY)]
-    out = SemGradGuard(chat, scorer=scorer, threshold=0.5).invoke(messages)
+    out = SemGradGuard(chat, scorer=scorer, threshold=1e-3, threshold_field="semgrad").invoke(messages)
     assert isinstance(out, AIMessage)
     assert scorer.calls[-1][0] == [
         {"role": "system", "content": "Be brief."},
@@ -102,7 +106,14 @@ def test_retrieve_only_when_unsure_and_leaves_input_alone(chat, scorer) -> None:
     template = ChatPromptTemplate.from_messages([("system", "Context: {context}"), ("human", "{question}")])
     calls: list[str] = []
     docs = RunnableLambda(lambda q: calls.append(q) or [Document(page_content="it is 42")])
-    guard = SemGradGuard(template | chat, policy="retrieve", retriever=docs, scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        template | chat,
+        policy="retrieve",
+        retriever=docs,
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
+    )
     easy = {"question": EASY}
     assert result_of(guard.invoke(easy)).route == "pass" and calls == []
     hard = {"question": HARD}
@@ -111,7 +122,7 @@ def test_retrieve_only_when_unsure_and_leaves_input_alone(chat, scorer) -> None:
     assert hard == {"question": HARD}
     assert (result.route, result.documents, result.low_confidence, result.final_low_confidence) == (
         "retrieve",
-        1,
+        [Document(page_content="it is 42")],
         True,
         False,
     )
@@ -121,15 +132,25 @@ def test_retrieve_only_when_unsure_and_leaves_input_alone(chat, scorer) -> None:
 
 
 def test_retrieve_with_string_input_rewrites_the_question(chat, scorer) -> None:
-    guard = SemGradGuard(chat, policy="retrieve", retriever=retriever(), scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        chat,
+        policy="retrieve",
+        retriever=retriever(),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
+    )
     out = guard.invoke(HARD)
     assert "Text: notes on a hard question\n\nx\n\nQuestion: a hard question" in out.content
-    assert result_of(out).documents == 2
+    documents = result_of(out).documents
+    assert [doc.page_content for doc in documents or []] == ["notes on a hard question", "x"]
 
 
 def test_fallback_routes_to_the_other_runnable(chat, scorer) -> None:
     big = type(chat)(prefix="big model ")
-    guard = SemGradGuard(chat, policy="fallback", fallback=big, scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        chat, policy="fallback", fallback=big, scorer=scorer, threshold=1e-3, threshold_field="semgrad"
+    )
     out = guard.invoke(HARD)
     assert out.content.startswith("big model unsure")
     result = result_of(out)
@@ -138,7 +159,9 @@ def test_fallback_routes_to_the_other_runnable(chat, scorer) -> None:
 
 def test_human_queues_and_returns_the_holding_answer(chat, scorer, tmp_path) -> None:
     queue = ReviewQueue(tmp_path / "review.sqlite3")
-    guard = SemGradGuard(chat, policy="human", review_queue=queue, scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        chat, policy="human", review_queue=queue, scorer=scorer, threshold=1e-3, threshold_field="semgrad"
+    )
     out = guard.invoke(HARD)
     assert isinstance(out, AIMessage) and out.content == guard.holding_answer
     (item,) = ReviewQueue(tmp_path / "review.sqlite3").items()
@@ -154,14 +177,20 @@ def test_human_with_custom_handler_and_string_output(chat, scorer) -> None:
         return "escalated to a person"
 
     guard = SemGradGuard(
-        chat | StrOutputParser(), policy="human", review_handler=handler, scorer=scorer, threshold=0.5
+        chat | StrOutputParser(),
+        policy="human",
+        review_handler=handler,
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
     )
     assert guard.invoke(HARD) == "escalated to a person"
-    assert seen == [(HARD, f"unsure about {HARD}")]
+    # the prompt is what the chat model received: the string input became a user message
+    assert seen == [([{"role": "user", "content": HARD}], f"unsure about {HARD}")]
 
 
 def test_raise_works_with_with_fallbacks(chat, scorer) -> None:
-    guard = SemGradGuard(chat, policy="raise", scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(chat, policy="raise", scorer=scorer, threshold=1e-3, threshold_field="semgrad")
     with pytest.raises(LowConfidenceError) as caught:
         guard.invoke(HARD)
     assert caught.value.result.route == "raise" and caught.value.answer.content == f"unsure about {HARD}"
@@ -198,7 +227,9 @@ def test_scorer_failure_fails_closed_routes_as_low_confidence(chat, make_scorer,
 
 
 def test_scorer_timeout_counts_as_failure(chat, make_scorer) -> None:
-    guard = SemGradGuard(chat, scorer=make_scorer(delay=0.5), scorer_timeout=0.05, threshold=0.5)
+    guard = SemGradGuard(
+        chat, scorer=make_scorer(delay=0.5), scorer_timeout=0.05, threshold=1e-3, threshold_field="semgrad"
+    )
     result = result_of(guard.invoke(EASY))
     assert result.route == "pass" and result.flagged and "TimeoutError" in (result.scorer_error or "")
 
@@ -206,7 +237,12 @@ def test_scorer_timeout_counts_as_failure(chat, make_scorer) -> None:
 @pytest.mark.asyncio
 async def test_async_paths_match_sync(chat, scorer) -> None:
     guard = SemGradGuard(
-        chat, policy="fallback", fallback=type(chat)(prefix="big "), scorer=scorer, threshold=0.5
+        chat,
+        policy="fallback",
+        fallback=type(chat)(prefix="big "),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
     )
     inputs = [EASY, HARD, f"{EASY} 2", f"{HARD} 2"]
     sync = guard.batch(inputs, {"max_concurrency": 4})
@@ -219,15 +255,24 @@ async def test_async_paths_match_sync(chat, scorer) -> None:
 @pytest.mark.asyncio
 async def test_async_human_and_raise(chat, scorer, tmp_path) -> None:
     queue = ReviewQueue(tmp_path / "q.sqlite3")
-    guard = SemGradGuard(chat, policy="human", review_queue=queue, scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        chat, policy="human", review_queue=queue, scorer=scorer, threshold=1e-3, threshold_field="semgrad"
+    )
     assert (await guard.ainvoke(HARD)).content == guard.holding_answer and len(queue.items()) == 1
     with pytest.raises(LowConfidenceError):
-        await SemGradGuard(chat, policy="raise", scorer=scorer, threshold=0.5).ainvoke(HARD)
+        await SemGradGuard(
+            chat, policy="raise", scorer=scorer, threshold=1e-3, threshold_field="semgrad"
+        ).ainvoke(HARD)
 
 
 def test_stream_buffers_then_streams_the_route(chat, scorer) -> None:
     guard = SemGradGuard(
-        chat, policy="fallback", fallback=type(chat)(prefix="big "), scorer=scorer, threshold=0.5
+        chat,
+        policy="fallback",
+        fallback=type(chat)(prefix="big "),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
     )
     chunks = list(guard.stream(HARD))
     assert len(chunks) > 2 and all(isinstance(c, AIMessageChunk) for c in chunks)
@@ -244,7 +289,12 @@ def test_stream_buffers_then_streams_the_route(chat, scorer) -> None:
 @pytest.mark.asyncio
 async def test_astream_of_a_string_chain(chat, scorer) -> None:
     guard = SemGradGuard(
-        chat | StrOutputParser(), policy="retrieve", retriever=retriever(), scorer=scorer, threshold=0.5
+        chat | StrOutputParser(),
+        policy="retrieve",
+        retriever=retriever(),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
     )
     chunks = [chunk async for chunk in guard.astream(HARD)]
     assert all(isinstance(c, str) for c in chunks) and len(chunks) > 2
@@ -256,7 +306,9 @@ async def test_astream_of_a_string_chain(chat, scorer) -> None:
 def test_guard_never_mutates_the_answer_or_input(chat, scorer) -> None:
     answer = AIMessage("unsure about it", response_metadata={"model": "x"})
     messages = [HumanMessage(HARD)]
-    guard = SemGradGuard(RunnableLambda(lambda _: answer), scorer=scorer, threshold=0.5)
+    guard = SemGradGuard(
+        RunnableLambda(lambda _: answer), scorer=scorer, threshold=1e-3, threshold_field="semgrad"
+    )
     out = guard.invoke(messages)
     assert answer.response_metadata == {"model": "x"} and out.response_metadata["model"] == "x"
     assert messages == [HumanMessage(HARD)]
@@ -267,7 +319,7 @@ def test_adapters_share_the_default_scorer(chat, scorer) -> None:
     set_default_scorer(scorer)
     try:
         handler = SemGradCallbackHandler()
-        SemGradGuard(chat, threshold=0.5).invoke(EASY, {"callbacks": [handler]})
+        SemGradGuard(chat, threshold=1e-3, threshold_field="semgrad").invoke(EASY, {"callbacks": [handler]})
     finally:
         set_default_scorer(previous)
     # one call from the guard, one from the handler observing the chat model: the same scorer object
@@ -276,7 +328,12 @@ def test_adapters_share_the_default_scorer(chat, scorer) -> None:
 
 def test_event_loops_in_many_threads(chat, scorer) -> None:
     guard = SemGradGuard(
-        chat, policy="fallback", fallback=type(chat)(prefix="big "), scorer=scorer, threshold=0.5
+        chat,
+        policy="fallback",
+        fallback=type(chat)(prefix="big "),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
     )
     questions = [f"{HARD} {i}" if i % 2 else f"{EASY} {i}" for i in range(8)]
     with ThreadPoolExecutor(max_workers=4) as pool:

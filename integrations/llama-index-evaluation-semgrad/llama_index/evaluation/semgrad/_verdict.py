@@ -1,50 +1,117 @@
-"""One way to read a Score, shared by the evaluator, the event handler and the query-engine wrapper."""
+"""One way to read a Score, shared by the evaluator, the event handler and the query-engine wrapper.
+
+The decision rule is one of: ``max_risk`` on the calibrated risk; a raw ``threshold`` on a named
+``threshold_field``; or neither, when the calibration's own acceptance threshold decides.
+"""
 
 from __future__ import annotations
 
+import math
+
 from semgrad_guard import NoThresholdError, RawField, Score
 
+_GRADIENT_FIELDS = ("semgrad", "hybridgrad", "param_grad", "exgrad", "semgrad_para")
+"""Raw gradient norms: about 1e-5 to 1e-3 on the embedded model; a threshold from 0.01 to 1 is a risk."""
+_RISK_LIKE = (0.01, 1.0)
 
-def trusted(score: Score, threshold: float | None, field: RawField) -> bool | None:
-    """``not score.untrusted(threshold, field)``; ``None`` when the score is invalid or nothing decides.
 
-    Nothing decides when there is neither a raw ``threshold`` nor a calibration on the score.
+def check_decision(
+    threshold: float | None, threshold_field: RawField | None, max_risk: float | None, owner: str
+) -> None:
+    """Refuse a decision rule that cannot be right, naming ``owner``'s own arguments."""
+    if max_risk is not None:
+        if threshold is not None:
+            raise ValueError(f"{owner} takes max_risk= (calibrated) or threshold= (raw), not both")
+        if not 0.0 <= max_risk <= 1.0:
+            raise ValueError(f"max_risk={max_risk} is not a probability: give a value from 0 to 1")
+        return
+    if threshold is None:
+        if threshold_field is not None:
+            raise ValueError(f"threshold_field={threshold_field!r} needs threshold= (the raw value)")
+        return
+    if threshold_field is None:
+        raise ValueError(
+            f"threshold={threshold} is a raw value on one Score field: name it, e.g. "
+            f"{owner}(..., threshold={threshold}, threshold_field='semgrad'); for a probability that the "
+            f"answer is wrong use {owner}(..., max_risk={threshold}) (needs a calibrated scorer)"
+        )
+    if not threshold >= 0.0:
+        raise ValueError(f"threshold={threshold} on {threshold_field!r} cannot be right: raw scores are >= 0")
+    low, high = _RISK_LIKE
+    if threshold_field in _GRADIENT_FIELDS and low <= threshold <= high:
+        raise ValueError(
+            f"threshold={threshold} on threshold_field={threshold_field!r} (a raw gradient norm, about "
+            f"1e-5 to 1e-3) would flag no answer: it looks like a risk. Use {owner}(..., "
+            f"max_risk={threshold}) for the calibrated probability of being wrong, or a raw threshold on "
+            f"this field's own scale (e.g. threshold=2e-5, threshold_field={threshold_field!r})"
+        )
+
+
+def trusted(
+    score: Score, threshold: float | None, field: RawField | None, max_risk: float | None = None
+) -> bool | None:
+    """Whether to trust the answer; ``None`` when the score is invalid or nothing decides.
+
+    ``max_risk``: ``risk <= max_risk`` (``None`` without calibration). ``threshold``: the raw ``field`` at
+    most ``threshold``. Neither: the calibration's verdict (``None`` without calibration).
     """
     if not score.valid:
         return None
+    if max_risk is not None:
+        return None if score.risk is None else score.risk <= max_risk
     try:
-        return not score.untrusted(threshold=threshold, field=field)
+        return not score.untrusted(threshold=threshold, field=field or "semgrad")
     except NoThresholdError:
         return None
 
 
-def headline(score: Score, field: RawField) -> float | None:
-    """The evaluation score: calibrated confidence, else the raw ``field`` (higher = worse)."""
+def headline(score: Score, field: RawField | None, threshold: float | None = None) -> float | None:
+    """The evaluation score: a confidence in [0, 1], higher = more trustworthy, always.
+
+    With a raw ``threshold``: ``threshold / (threshold + value)`` of the raw ``field``, 0.5 exactly at the
+    threshold (so ``passing`` is ``score >= 0.5``); a monotone rescaling, not a probability. Else the
+    calibrated ``confidence`` (``1 - risk``). Uncalibrated with no threshold: ``1 / (1 + value)`` of the raw
+    field (default ``semgrad``), again only an ordering.
+    """
     if not score.valid:
         return None
-    if score.confidence is not None:
+    if threshold is None and score.confidence is not None:
         return score.confidence
-    value = getattr(score, field)
-    return None if value is None else float(value)
+    value = getattr(score, field or "semgrad")
+    if value is None or math.isnan(value):
+        return None
+    scale = 1.0 if threshold is None else threshold
+    if scale == 0.0:
+        return 1.0 if value <= 0.0 else 0.0
+    return scale / (scale + max(float(value), 0.0))
 
 
-def describe(score: Score, field: RawField, threshold: float | None, prompt_source: str) -> str:
+def describe(
+    score: Score,
+    field: RawField | None,
+    threshold: float | None,
+    prompt_source: str,
+    max_risk: float | None = None,
+) -> str:
     """One line saying risk, method, model, position and which prompt was scored."""
     if not score.valid:
         return f"not scored ({score.invalid_reason}); model={score.model}; prompt={prompt_source}"
+    field = field or "semgrad"
     raw = getattr(score, field)
     if score.risk is not None:
         risk = f"risk={score.risk:.3f} (calibrated, confidence={score.confidence:.3f})"
     else:
         risk = "risk=n/a (no calibration)"
-    if threshold is not None:
+    if max_risk is not None:
+        rule = "max_risk needs a calibration" if score.risk is None else f"max_risk {max_risk:.3g}"
+    elif threshold is not None:
         rule = f"threshold {threshold:.3g}: {'above' if raw > threshold else 'not above'}"
     elif score.low_confidence is not None:
         rule = f"calibrated low_confidence={score.low_confidence}"
     else:
         rule = "no threshold"
     return (
-        f"{risk}; {field}={raw:.4g} (raw, higher = less trustworthy; {rule}); "
+        f"{risk}; {field}={raw:.4g} (raw, higher = less trustworthy); decision: {rule}; "
         f"model={score.model}; position={score.position} of {score.n_prompt_tokens} prompt tokens; "
         f"answer tokens={score.n_answer_tokens}; prompt={prompt_source}"
     )

@@ -17,7 +17,7 @@ from llama_index.evaluation.semgrad._prompts import (
     response_contexts,
     to_scorer_prompt,
 )
-from llama_index.evaluation.semgrad._verdict import describe, headline, trusted
+from llama_index.evaluation.semgrad._verdict import check_decision, describe, headline, trusted
 
 from semgrad_guard import RawField, SemGradScorer, default_scorer
 
@@ -35,17 +35,22 @@ class SemGradEvaluator(BaseEvaluator):
     Args:
         scorer: the scorer to use; ``None`` = the process-wide :func:`semgrad_guard.default_scorer`, shared
             with the LangChain adapters (one model in memory). Resolved at each call.
-        threshold: raw threshold on ``score_field``: ``passing`` is ``field <= threshold``. Without it,
+        max_risk: ``passing`` is ``risk <= max_risk`` on the calibrated risk (``None`` without calibration).
+        threshold: raw threshold on ``threshold_field``: ``passing`` is ``field <= threshold``. It must name
+            its field; a risk-like value (0.01 to 1) on a gradient norm is refused. With neither,
             ``passing`` follows the scorer's calibration, and is ``None`` when there is none.
-        score_field: the raw Score field the threshold applies to (and the reported ``score`` when there is
-            no calibration).
+        threshold_field: the raw Score field ``threshold`` applies to (required with ``threshold``).
         qa_template: the QA template the answering engine used; default LlamaIndex's text-QA selector.
         llm: the answering LLM, only to pick the template variant (chat or completion) as the synthesizer
             does; it is never called.
         use_contexts: put the contexts into the scored prompt (``False`` scores the query alone).
 
-    ``EvaluationResult.score`` is the calibrated confidence (0-1, higher = more trustworthy) when the Score
-    has one, else the raw ``score_field`` value, where higher means *less* trustworthy. A pair that cannot be
+    ``EvaluationResult.score`` is always a confidence in [0, 1], higher = more trustworthy, and ``passing``
+    decides on that same quantity: the calibrated ``confidence`` (``1 - risk``; ``passing`` is
+    ``score >= 1 - max_risk`` or the calibration's verdict) or, with a raw ``threshold``,
+    ``threshold / (threshold + value)`` of the raw field (0.5 at the threshold: ``passing`` is
+    ``score >= 0.5``). Without calibration or threshold it is ``1 / (1 + semgrad)``: an ordering only, not a
+    probability, and ``passing`` is ``None``. A pair that cannot be
     scored (empty answer, too long for the model, a template that rejects the messages) comes back with
     ``invalid_result=True`` and the scorer's ``invalid_reason``; missing query or response raise ValueError.
     Malformed arguments raise :class:`SemGradInputError` (a ValueError) naming the argument: ``contexts``
@@ -57,15 +62,19 @@ class SemGradEvaluator(BaseEvaluator):
         self,
         scorer: SemGradScorer | None = None,
         threshold: float | None = None,
-        score_field: RawField = "semgrad",
+        threshold_field: RawField | None = None,
         qa_template: BasePromptTemplate | None = None,
         llm: Any = None,
         use_contexts: bool = True,
+        *,
+        max_risk: float | None = None,
     ) -> None:
         """Record the settings; nothing is loaded until the first evaluation."""
+        check_decision(threshold, threshold_field, max_risk, "SemGradEvaluator")
         self._scorer = scorer
         self._threshold = threshold
-        self._score_field: RawField = score_field
+        self._threshold_field: RawField | None = threshold_field
+        self._max_risk = max_risk
         self._qa_template = qa_template
         self._llm = llm
         self._use_contexts = use_contexts
@@ -130,9 +139,9 @@ class SemGradEvaluator(BaseEvaluator):
             query=query,
             contexts=contexts,
             response=response,
-            score=headline(score, self._score_field),
-            passing=trusted(score, self._threshold, self._score_field),
-            feedback=describe(score, self._score_field, self._threshold, source),
+            score=headline(score, self._threshold_field, self._threshold),
+            passing=trusted(score, self._threshold, self._threshold_field, self._max_risk),
+            feedback=describe(score, self._threshold_field, self._threshold, source, self._max_risk),
             invalid_result=not score.valid,
             invalid_reason=score.invalid_reason,
         )

@@ -167,7 +167,14 @@ class SemGradEventHandler(BaseEventHandler):
 
     def _attached(self, extras: dict[str, Any]) -> Score | None:
         score = extras.get(SELF_SCORE_KEY)
-        return score if self.reuse_attached_scores and isinstance(score, Score) else None
+        if not self.reuse_attached_scores:
+            return None
+        if isinstance(score, dict):  # a guard's JSON metadata
+            try:
+                return Score.model_validate(score)
+            except ValueError:
+                return None
+        return score if isinstance(score, Score) else None
 
     def _submit(self, job: _Job) -> None:
         context = contextvars.copy_context()  # keep the caller's instrumentation tags and span

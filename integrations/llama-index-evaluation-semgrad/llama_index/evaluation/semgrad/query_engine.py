@@ -19,7 +19,7 @@ from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts, to_scorer_prompt
-from llama_index.evaluation.semgrad._verdict import trusted
+from llama_index.evaluation.semgrad._verdict import check_decision, trusted
 from llama_index_instrumentation import get_dispatcher
 
 from semgrad_guard import NoThresholdError, RawField, Score, SemGradScorer, default_scorer
@@ -81,17 +81,23 @@ class SemGradQueryEngine(BaseQueryEngine):
     The scored prompt is the one the answering LLM actually saw: the wrapper records the LLM calls made
     during the query (through instrumentation, per query context, so concurrent queries do not mix) and
     scores the last call whose output is the answer. When none matches (no LLM call seen, post-processed
-    text) it rebuilds query + source nodes under the QA template. ``metadata`` gains ``"semgrad"`` (the
-    primary answer's :class:`semgrad_guard.Score`), ``"semgrad_route"`` (``"primary"`` or ``"fallback"``),
+    text) it rebuilds query + source nodes under the QA template. ``metadata`` (JSON only) gains
+    ``"semgrad"`` (the primary answer's :class:`semgrad_guard.Score` as ``model_dump(mode="json")``;
+    ``Score.model_validate`` reads it back), ``"semgrad_route"`` (``"primary"`` or ``"fallback"``),
     ``"semgrad_prompt"`` (``"recorded"``, ``"rebuilt"`` or ``"query only"``) and, after a fallback,
     ``"semgrad_primary_answer"``. The inner engine's Response is copied, never changed. Streaming and
-    structured responses are returned unscored.
+    structured responses are returned unscored. Those keys are the outermost guard's; every guard, nested
+    ones included, also appends its own record (``name``, ``score``, ``route``, ``prompt``) to the list
+    ``metadata["semgrad_guards"]``, innermost first, so nested guards never overwrite each other.
 
     Args:
         query_engine: the engine that answers.
         scorer: ``None`` = the shared :func:`semgrad_guard.default_scorer`.
-        threshold: raw threshold on ``score_field`` (above = untrusted); ``None`` = the calibration decides.
-        score_field: the raw Score field the threshold applies to.
+        max_risk: untrusted when the calibrated risk exceeds it.
+        threshold: raw threshold on ``threshold_field`` (above = untrusted); it must name its field, and a
+            risk-like value (0.01 to 1) on a gradient norm is refused. Neither: the calibration decides.
+        threshold_field: the raw Score field ``threshold`` applies to (required with ``threshold``).
+        name: this guard's name in ``metadata["semgrad_guards"]``.
         fallback_query_engine: queried instead when the answer is untrusted. With a fallback, a valid
             score with neither threshold nor calibration raises :class:`semgrad_guard.NoThresholdError`.
         fallback_on_invalid: also use the fallback when the answer cannot be scored (default: keep it).
@@ -106,7 +112,9 @@ class SemGradQueryEngine(BaseQueryEngine):
         *,
         scorer: SemGradScorer | None = None,
         threshold: float | None = None,
-        score_field: RawField = "semgrad",
+        threshold_field: RawField | None = None,
+        max_risk: float | None = None,
+        name: str = "semgrad",
         fallback_query_engine: BaseQueryEngine | None = None,
         fallback_on_invalid: bool = False,
         qa_template: BasePromptTemplate | None = None,
@@ -117,8 +125,11 @@ class SemGradQueryEngine(BaseQueryEngine):
         super().__init__(callback_manager=callback_manager)
         self._engine = query_engine
         self._scorer = scorer
+        check_decision(threshold, threshold_field, max_risk, "SemGradQueryEngine")
         self._threshold = threshold
-        self._score_field: RawField = score_field
+        self._threshold_field: RawField | None = threshold_field
+        self._max_risk = max_risk
+        self._name = name
         self._fallback = fallback_query_engine
         self._fallback_on_invalid = fallback_on_invalid
         self._qa_template = qa_template
@@ -178,30 +189,39 @@ class SemGradQueryEngine(BaseQueryEngine):
             return False
         if not score.valid:
             return self._fallback_on_invalid
-        verdict = trusted(score, self._threshold, self._score_field)
+        verdict = trusted(score, self._threshold, self._threshold_field, self._max_risk)
         if verdict is None:
             raise NoThresholdError(
                 "SemGradQueryEngine has a fallback but neither a threshold nor a calibration to decide with"
             )
         return not verdict
 
-    @staticmethod
     def _annotate(
-        response: RESPONSE_TYPE, score: Score, source: str, primary: Response | None = None
+        self, response: RESPONSE_TYPE, score: Score, source: str, primary: Response | None = None
     ) -> RESPONSE_TYPE:
         if not isinstance(response, Response):
             logger.warning(
                 "the fallback returned a %s; it carries no SemGrad metadata", type(response).__name__
             )
             return response
-        metadata: dict[str, Any] = {
-            **(response.metadata or {}),
-            "semgrad": score,
-            "semgrad_route": "primary" if primary is None else "fallback",
-            "semgrad_prompt": source,
+        route = "primary" if primary is None else "fallback"
+        record: dict[str, Any] = {
+            "name": self._name,
+            "score": score.model_dump(mode="json"),
+            "route": route,
+            "prompt": source,
         }
+        inner = response.metadata or {}
+        metadata: dict[str, Any] = {
+            **inner,
+            "semgrad": record["score"],
+            "semgrad_route": route,
+            "semgrad_prompt": source,
+            "semgrad_guards": [*inner.get("semgrad_guards", []), record],
+        }
+        metadata.pop("semgrad_primary_answer", None)
         if primary is not None:
-            metadata["semgrad_primary_answer"] = primary.response
+            metadata["semgrad_primary_answer"] = record["primary_answer"] = primary.response
         return Response(
             response=response.response, source_nodes=list(response.source_nodes), metadata=metadata
         )
