@@ -4,9 +4,10 @@ from semgrad_guard import SemGradScorer
 
 QA_PROMPT = "Please directly answer the following question with one or few words:\n{}"  # the paper's prompt
 
-# The embedded default model with its shipped calibration (docs/calibration.md); any Hugging Face causal LM
-# id, folder or .gguf works too (then fit a calibration of its own with `semgrad-guard calibrate`).
-scorer = SemGradScorer(calibration="default")
+# The embedded default model; calibration="auto" (the default) loads the bundle shipped for it
+# (docs/calibration.md). Any Hugging Face causal LM id, folder or .gguf works too (then fit a calibration of
+# its own with `semgrad-guard calibrate`).
+scorer = SemGradScorer()
 
 print("1. Self-scoring: the model answers, then scores its own tokens (one forward + one backward).")
 for question in [
