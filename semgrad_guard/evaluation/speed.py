@@ -8,6 +8,12 @@
 - throughput of one shared scorer for several concurrent callers;
 - the cost of K sampled answers (the sampling baselines) next to one score;
 - a FLOP estimate of the fast pass over the machine's measured matmul rate, the floor no code can beat.
+
+``SpeedConfig(shape=..., layers=...)`` runs the same tables on a random-weight model with a published
+architecture (:mod:`semgrad_guard.evaluation.shapes`) instead of a downloaded one. :func:`run_shape_speed`
+measures one shape at several reduced depths (and, where memory allows, at its published depth), fits the
+depth cost model of :mod:`semgrad_guard.evaluation.cost_model` and reports its error against the full-depth
+measurement.
 """
 
 from __future__ import annotations
@@ -23,20 +29,41 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from semgrad_guard.evaluation import cost_model
 from semgrad_guard.evaluation.datasets import QAItem, qa_prompt
+from semgrad_guard.evaluation.shapes import (
+    PRESETS,
+    embedded_tokenizer,
+    preset,
+    random_model,
+    random_scorer,
+    shallower,
+    shape_profile,
+)
+from semgrad_guard.loading import resolve_device, resolve_dtype
 from semgrad_guard.model_parts import num_layers, output_cache, prefix_from_cache
 from semgrad_guard.pairs import EncodedPair
 from semgrad_guard.prompts import ChatFormat
 from semgrad_guard.scorer import SemGradScorer
 from semgrad_guard.statistics import gradient_statistics
 
-__all__ = ["SpeedConfig", "run_speed", "speed_markdown"]
+__all__ = [
+    "ShapeSpeedConfig",
+    "SpeedConfig",
+    "run_shape_speed",
+    "run_speed",
+    "shape_speed_markdown",
+    "speed_markdown",
+]
+
+Section = Literal["latency", "self_scoring", "throughput", "sampling"]
+Measured = Literal["floor", "fast", "naive"]
 
 _FILLER = (
     "The committee reviewed the quarterly figures, compared them with the forecast, noted where the "
@@ -64,6 +91,13 @@ class SpeedConfig(BaseModel):
     throughput_pairs: int = Field(default=48, ge=1)
     sampling_questions: int = Field(default=5, ge=1)
     samples: int = Field(default=10, ge=1)
+    shape: str | None = Field(
+        default=None,
+        description="A preset of evaluation.shapes: random weights with that published architecture "
+        "(instead of `model`); its scores mean nothing, its cost is the point.",
+    )
+    layers: int | None = Field(default=None, ge=2, description="Decoder layers of the shape (default: all).")
+    sections: tuple[Section, ...] = ("latency", "self_scoring", "throughput", "sampling")
 
 
 def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
@@ -87,24 +121,37 @@ def _peak_mib(run: Callable[[], Any], device: torch.device) -> float | None:
     On CPU the freed heap is first handed back to the OS (``malloc_trim``) and the kernel's high-water
     mark reset (``/proc/self/clear_refs``), so the peak is measured from the resident size before the call.
     """
+    return _timed_peak(run, device)[1]
+
+
+def _timed_peak(run: Callable[[], Any], device: torch.device) -> tuple[float, float | None]:
+    """Seconds of one call and the memory it adds at its peak (MiB; ``None`` where it cannot be read)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
         run()
         torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    if device.type != "cpu" or not Path("/proc/self/clear_refs").exists():
-        return None
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except OSError:
-        return None
+        seconds = time.perf_counter() - start
+        return seconds, (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    trim = None
+    if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
+        try:
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except OSError:
+            trim = None
+    if trim is None:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start, None
     trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS")
+    start = time.perf_counter()
     run()
-    return (_rss_kib("VmHWM") - before) / 1024
+    seconds = time.perf_counter() - start
+    return seconds, (_rss_kib("VmHWM") - before) / 1024
 
 
 def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
@@ -150,7 +197,7 @@ class _Shapes:
     def fast_pass(self, prompt: int, start: int, answer: int, lowest: int) -> float:
         """Prefix forward, graph forward over the tail, backward of its upper layers, and the head terms."""
         tail = prompt + answer - start
-        upper = self.layers - lowest + 1
+        upper = self.layers - lowest  # the graph starts at hidden state `lowest`: layers lowest .. L-1
         head = 2 * self.vocab * self.width * answer
         return (
             self.forward(start, 0, self.layers)
@@ -329,7 +376,13 @@ def _sampling(scorer: SemGradScorer, config: SpeedConfig) -> dict[str, Any]:
 def run_speed(config: SpeedConfig) -> dict[str, Any]:
     """Run every measurement and write ``speed.json`` and ``speed.md`` into ``config.out``."""
     torch.manual_seed(0)
-    scorer = SemGradScorer(config.model, device=config.device, dtype=config.dtype).load()  # type: ignore[arg-type]
+    if config.shape is not None:
+        target = resolve_device(config.device)
+        scorer = random_scorer(
+            config.shape, layers=config.layers, dtype=resolve_dtype(config.dtype, target), device=target
+        )
+    else:
+        scorer = SemGradScorer(config.model, device=config.device, dtype=config.dtype).load()  # type: ignore[arg-type]
     model = scorer.model
     parameter = model.get_input_embeddings().weight
     device, dtype = parameter.device, parameter.dtype
@@ -349,10 +402,10 @@ def run_speed(config: SpeedConfig) -> dict[str, Any]:
         },
         "matmul_flops_per_s": rate,
         "config": config.model_dump(mode="json"),
-        "latency": _latency(scorer, config, device),
-        "self_scoring": _self_scoring(scorer, config, device),
-        "throughput": _throughput(scorer, config),
-        "sampling": _sampling(scorer, config),
+        "latency": _latency(scorer, config, device) if "latency" in config.sections else [],
+        "self_scoring": _self_scoring(scorer, config, device) if "self_scoring" in config.sections else [],
+        "throughput": _throughput(scorer, config) if "throughput" in config.sections else [],
+        "sampling": _sampling(scorer, config) if "sampling" in config.sections else None,
     }
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "speed.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -374,6 +427,27 @@ def speed_markdown(results: dict[str, Any]) -> str:
         f"torch {machine['torch']}{', ' + machine['gpu'] if machine['gpu'] else ''}; "
         f"measured matmul rate {rate / 1e9:.1f} GFLOP/s.",
         "",
+    ]
+    if results["config"].get("shape"):
+        lines += [
+            f"Random weights with the published shape `{results['config']['shape']}`: the scores mean "
+            "nothing, the cost is the point.",
+            "",
+        ]
+    if results["latency"]:
+        lines += _latency_markdown(results)
+    if results["self_scoring"]:
+        lines += _self_scoring_markdown(results)
+    if results["throughput"]:
+        lines += _throughput_markdown(results)
+    if results["sampling"]:
+        lines += _sampling_markdown(results)
+    return "\n".join(lines)
+
+
+def _latency_markdown(results: dict[str, Any]) -> list[str]:
+    rate = results["matmul_flops_per_s"]
+    lines = [
         "**Proxy scoring** (median seconds per score; peak = memory the call adds at its peak, MiB):",
         "",
         "| prompt | floor s | naive s | fast s | fast / floor | naive / fast | peak naive | peak fast "
@@ -390,8 +464,11 @@ def speed_markdown(results: dict[str, Any]) -> str:
             f"| {_mib(naive_peak)} | {_mib(fast_peak)} | {_mib(row['floor_peak_mib'])} | {ratio} "
             f"| {flop_floor:.3f} | {row['fast_s'] / flop_floor:.1f} |"
         )
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _self_scoring_markdown(results: dict[str, Any]) -> list[str]:
+    lines = [
         "**Self-scoring** (the generation's prompt cache reused; greedy answer of a fixed length):",
         "",
         "| prompt | answer | generation s | score s | score / generation | cache reused |",
@@ -403,8 +480,11 @@ def speed_markdown(results: dict[str, Any]) -> str:
             f"| {row['self_score_s']:.3f} | {row['fraction']:.1%} "
             f"| {'yes' if row['cache_reused'] else 'no'} |"
         )
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _throughput_markdown(results: dict[str, Any]) -> list[str]:
+    lines = [
         "**Shared-scorer throughput** (short QA pairs, one scorer, N threads calling `score`; one pass over "
         "that many of the pairs, and its cost relative to a pass over one):",
         "",
@@ -416,9 +496,12 @@ def speed_markdown(results: dict[str, Any]) -> str:
             f"| {row['callers']} | {row['pairs']} | {row['answers_per_s']:.1f} | {row['speedup']:.2f}x "
             f"| {row['pass_pairs']} | {row['pass_s']:.3f} | {row['pass_cost_vs_one']:.2f}x |"
         )
+    return [*lines, ""]
+
+
+def _sampling_markdown(results: dict[str, Any]) -> list[str]:
     sampling = results["sampling"]
-    lines += [
-        "",
+    return [
         f"**Sampling baselines vs SemGrad** (mean over {sampling['questions']} QA questions, seconds per "
         "question):",
         "",
@@ -429,4 +512,379 @@ def speed_markdown(results: dict[str, Any]) -> str:
         f"| {sampling['sampling_s'] / sampling['score_s']:.1f}x |",
         "",
     ]
-    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ published shapes, by depth
+class ShapeSpeedConfig(BaseModel):
+    """One shape measured at reduced depths (and at its published depth where memory allows)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    out: Path
+    shape: str = Field(description=f"A preset of evaluation.shapes: {', '.join(PRESETS)}.")
+    depths: tuple[int, ...] = Field(default=(2, 4), description="Reduced depths the cost model is fitted on.")
+    full_depth: bool = Field(
+        default=False, description="Also measure at the published depth (the cost model's check)."
+    )
+    device: str = "cpu"
+    dtype: str = "float32"
+    prompt_lengths: tuple[int, ...] = (256, 1024)
+    answer_tokens: int = Field(default=32, ge=2)
+    modes: tuple[Measured, ...] = ("floor", "fast", "naive")
+    repeats: int = Field(default=2, ge=1, description="Timed runs per setting, interleaved over depths.")
+    memory_answer_tokens: tuple[int, ...] = Field(
+        default=(), description="Further answer lengths for the memory sweep (fast and naive, one run each)."
+    )
+    memory_batch_sizes: tuple[int, ...] = Field(
+        default=(), description="Further batch sizes (copies of the pair) for the memory sweep."
+    )
+    # The memory sweep runs at the shallowest and the deepest of `depths` only.
+    seed: int = 0
+
+
+def _probe_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """A short matmul probe (FLOP/s) beside each measurement: how busy the machine was at that moment."""
+    size = 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(2 * size**3 / min(times))
+
+
+class _SavedBytes:
+    """Bytes of the tensors autograd saves for backward during a call: each storage once, weights excluded."""
+
+    def __init__(self, model: Any) -> None:
+        self._weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._seen: dict[int, int] = {}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._weights:
+            self._seen.setdefault(storage.data_ptr(), storage.nbytes())
+        return tensor
+
+    def count(self, run: Callable[[], Any]) -> Callable[[], Any]:
+        """``run`` with its saved tensors counted into :attr:`total`."""
+
+        def counted() -> None:
+            self._seen.clear()
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+                run()
+
+        return counted
+
+    @property
+    def total(self) -> int:
+        """Bytes saved during the last counted call."""
+        return sum(self._seen.values())
+
+
+def _answer_ids(chat: ChatFormat, tokens: int) -> list[int]:
+    """An answer of exactly ``tokens`` tokens, end-of-turn included."""
+    ids = chat.encode_answer(" ".join([_ANSWER] * (tokens // 30 + 1)))
+    return [*ids[: tokens - 1], chat.end_of_turn_id]
+
+
+def _runner(model: Any, mode: Measured, pairs: list[EncodedPair], depth: int, scored: tuple[int, ...]) -> Any:
+    if mode == "floor":
+        device = model.get_input_embeddings().weight.device
+        ids = torch.tensor([pair.prompt_ids + pair.answer_ids for pair in pairs], device=device)
+        answer = len(pairs[0].answer_ids)
+
+        def floor() -> None:
+            with torch.inference_mode():
+                model(input_ids=ids, use_cache=False, logits_to_keep=answer)
+
+        return floor
+
+    def scored_pass() -> None:
+        gradient_statistics(model, pairs, scored, depth, mode)
+
+    return scored_pass
+
+
+def _mmap_threshold(device: torch.device, nbytes: int) -> None:
+    """Set glibc's mmap threshold (CPU only; a no-op elsewhere or without glibc).
+
+    Memory runs use 1 MiB: every sizeable tensor is then its own mapping, returned to the OS when freed, so
+    the resident-set high-water mark is the peak of live tensor bytes (what a CUDA allocator's
+    ``max_memory_allocated`` reports) instead of that plus heap fragmentation, which moved repeated CPU
+    peaks by hundreds of MiB. Timing runs use 32 MiB, where glibc's own dynamic threshold settles.
+    """
+    if device.type != "cpu":
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return
+
+
+def run_shape_speed(config: ShapeSpeedConfig) -> dict[str, Any]:
+    """Measure one shape at reduced depths, fit the depth cost model, check it at full depth if asked.
+
+    Depths are views of one model (:func:`~semgrad_guard.evaluation.shapes.shallower`). For each prompt
+    length: a warm-up, one memory run per depth and mode (peak memory, saved tensors counted), then
+    ``repeats`` timing rounds, each measuring every depth and mode in turn, so that a busy machine's changing
+    speed hits every depth alike. The fit uses the fastest of the timing runs (the least disturbed by other
+    processes); medians and spreads are kept beside it. A short matmul probe beside each run records how
+    busy the machine was. Writes ``shape.json`` and ``shape.md`` into ``config.out``.
+    """
+    spec = preset(config.shape)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    tokenizer = embedded_tokenizer()
+    chat = ChatFormat(tokenizer)
+    vocab = max(spec.vocab_size, len(tokenizer))
+    profile = shape_profile(spec)
+    depths = sorted(set(config.depths))
+    measured = [*depths, spec.num_hidden_layers] if config.full_depth else depths
+    measured = sorted(set(measured))
+    build_start = time.perf_counter()
+    model = random_model(
+        spec, layers=max(measured), vocab_size=vocab, dtype=dtype, device=device, seed=config.seed
+    )
+    build_s = time.perf_counter() - build_start
+    models = {depth: model if depth == max(measured) else shallower(model, depth) for depth in measured}
+    element = torch.empty((), dtype=dtype).element_size()
+    counter = _SavedBytes(model)
+    rows: list[dict[str, Any]] = []
+
+    def measure(depth: int, mode: Measured, pairs: list[EncodedPair], memory: bool) -> dict[str, Any]:
+        run = _runner(models[depth], mode, pairs, depth, profile.layer_indices(depth))
+        _mmap_threshold(device, 1 << 20 if memory else 32 << 20)
+        rate = _probe_rate(device, dtype)
+        cpu_start = time.process_time()
+        seconds, peak = _timed_peak(counter.count(run) if memory and mode != "floor" else run, device)
+        cpu_seconds = time.process_time() - cpu_start
+        prompt, answer = len(pairs[0].prompt_ids), len(pairs[0].answer_ids)
+        row: dict[str, Any] = {
+            "kind": "memory" if memory else "timing",
+            "depth": depth,
+            "mode": mode,
+            "prompt_tokens": prompt,
+            "answer_tokens": answer,
+            "batch": len(pairs),
+            "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "peak_mib": peak,
+            "probe_flops_per_s": rate,
+            "kv_cache_mib": cost_model.mib(
+                cost_model.kv_cache_bytes(spec, depth, prompt, len(pairs), element)
+            ),
+        }
+        if memory and mode != "floor":
+            row["saved_mib"] = counter.total / 2**20
+            row["saved_formula_mib"] = cost_model.mib(
+                cost_model.graph_bytes(
+                    spec,
+                    mode,
+                    layers=depth,
+                    prompt=prompt,
+                    answer=answer,
+                    batch=len(pairs),
+                    vocab=vocab,
+                    s=element,
+                )
+            )
+        return row
+
+    def pairs_for(length: int, answer_tokens: int, batch: int) -> list[EncodedPair]:
+        prompt = _prompt_ids(chat, length)
+        return [EncodedPair(prompt, _answer_ids(chat, answer_tokens), length + profile.offset)] * batch
+
+    total = len(config.prompt_lengths) * (1 + (1 + config.repeats) * len(measured)) * len(config.modes)
+    with tqdm(total=total, desc=f"{spec.name} latency", unit="run") as progress:
+        for length in config.prompt_lengths:
+            pairs = pairs_for(length, config.answer_tokens, 1)
+            for mode in config.modes:  # warm-up on the shallowest view: the same kernels at the same widths
+                _runner(models[depths[0]], mode, pairs, depths[0], profile.layer_indices(depths[0]))()
+                progress.update()
+            for repeat in range(-1, config.repeats):  # -1: the memory run
+                for depth in measured:
+                    for mode in config.modes:
+                        rows.append({"repeat": repeat, **measure(depth, mode, pairs, memory=repeat < 0)})
+                        progress.update()
+    sweep: list[dict[str, Any]] = []
+    grid = [(answer, 1) for answer in config.memory_answer_tokens]
+    grid += [(config.answer_tokens, batch) for batch in config.memory_batch_sizes]
+    for length in tqdm(config.prompt_lengths if grid else (), desc=f"{spec.name} memory", unit="length"):
+        for answer, batch in grid:
+            for depth in sorted({depths[0], depths[-1]}):
+                for mode in ("fast", "naive"):
+                    if mode in config.modes:
+                        sweep.append(measure(depth, mode, pairs_for(length, answer, batch), memory=True))
+    _mmap_threshold(device, 32 << 20)
+    results: dict[str, Any] = {
+        "shape": spec.model_dump(mode="json"),
+        "built_vocab": vocab,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "build_s": build_s,
+        "config": config.model_dump(mode="json"),
+        "rows": rows,
+        "memory_sweep": sweep,
+    }
+    results["summary"] = _shape_summary(results)
+    results["fits"] = _shape_fits(results)
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "shape.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (config.out / "shape.md").write_text(shape_speed_markdown(results), encoding="utf-8")
+    return results
+
+
+def _shape_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (prompt, depth, mode): fastest and median timing run, the memory run's peak and counts."""
+    groups: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+    for row in results["rows"]:
+        groups.setdefault((row["prompt_tokens"], row["depth"], row["mode"]), []).append(row)
+    summary = []
+    for (prompt, depth, mode), rows in sorted(groups.items()):
+        timing = [row for row in rows if row["kind"] == "timing"] or rows
+        memory = next((row for row in rows if row["kind"] == "memory"), rows[0])
+        seconds = [row["seconds"] for row in timing]
+        summary.append(
+            {
+                "prompt_tokens": prompt,
+                "depth": depth,
+                "mode": mode,
+                "answer_tokens": rows[0]["answer_tokens"],
+                "runs": len(timing),
+                "seconds": min(seconds),
+                "seconds_median": statistics.median(seconds),
+                "seconds_spread": (max(seconds) - min(seconds)) / min(seconds),
+                "cpu_seconds": min(row["cpu_seconds"] for row in timing),
+                "peak_mib": memory["peak_mib"],
+                "saved_mib": memory.get("saved_mib"),
+                "saved_formula_mib": memory.get("saved_formula_mib"),
+                "kv_cache_mib": memory["kv_cache_mib"],
+                "probe_gflops": [row["probe_flops_per_s"] / 1e9 for row in rows],
+            }
+        )
+    return summary
+
+
+def _shape_fits(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (prompt, mode): the depth fits of seconds and of peak memory, predicted at the published depth.
+
+    Seconds are fitted three ways: the fastest timing run (the primary fit), the median one, and process
+    CPU seconds (less sensitive to other processes than wall time). Where the published depth was measured
+    too, each prediction's error is added.
+    """
+    full = int(results["shape"]["num_hidden_layers"])
+    depths = sorted(set(results["config"]["depths"]))
+    by_key = {(row["prompt_tokens"], row["depth"], row["mode"]): row for row in results["summary"]}
+    fits = []
+    for prompt in results["config"]["prompt_lengths"]:
+        for mode in results["config"]["modes"]:
+            rows = [by_key[(prompt, depth, mode)] for depth in depths]
+            measured = by_key.get((prompt, full, mode)) if full not in depths else None
+            fit: dict[str, Any] = {"prompt_tokens": prompt, "mode": mode, "depths": depths}
+            for field in ("seconds", "seconds_median", "cpu_seconds", "peak_mib"):
+                values = [row[field] for row in rows]
+                if any(value is None for value in values):
+                    fit[field] = None
+                    continue
+                line = cost_model.fit_depths(depths, values)
+                value = None if measured is None else measured[field]
+                fit[field] = {
+                    "a": line.a,
+                    "per_layer": line.b,
+                    "max_residual": line.max_residual,
+                    "predicted": line(full),
+                    "measured": value,
+                    "error": None if value is None else cost_model.relative_error(line(full), value),
+                }
+            fits.append(fit)
+    return fits
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.0%}"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def shape_speed_markdown(results: dict[str, Any]) -> str:
+    """The tables of one :func:`run_shape_speed` run, as Markdown."""
+    shape, machine, config = results["shape"], results["machine"], results["config"]
+    probes = [gflops for row in results["summary"] for gflops in row["probe_gflops"]]
+    lines = [
+        f"Shape `{shape['name']}` ({shape['source']}: hidden {shape['hidden_size']}, "
+        f"{shape['num_attention_heads']} heads / {shape['num_key_value_heads']} KV heads, feed-forward "
+        f"{shape['intermediate_size']}, vocabulary {shape['vocab_size']} (built {results['built_vocab']}), "
+        f"{shape['num_hidden_layers']} layers), random weights, on {results['device']} ({results['dtype']}), "
+        f"{machine['processor']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch']}. A 1024x1024 matmul probe beside each run read "
+        f"{min(probes):.0f}-{max(probes):.0f} GFLOP/s: a busy, shared machine, so seconds are noisy.",
+        "",
+        f"**Measured** (answer {config['answer_tokens']} tokens, batch 1. Seconds: the fastest of "
+        f"{config['repeats']} timing runs interleaved over depths, the median, and (max - min) / min; CPU s: "
+        "the process's CPU seconds in the fastest. Peak: memory the call adds, MiB, from a separate memory "
+        "run (1 MiB mmap threshold). Saved: what autograd keeps for the backward, counted, and by "
+        "`cost_model.graph_bytes`. KV: one copy of the prompt's key/value cache):",
+        "",
+        "| prompt | depth | mode | seconds | median | spread | CPU s | peak MiB | saved MiB | formula MiB "
+        "| KV MiB |",
+        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results["summary"]:
+        lines.append(
+            f"| {row['prompt_tokens']} | {row['depth']} | {row['mode']} | {row['seconds']:.2f} "
+            f"| {row['seconds_median']:.2f} | {row['seconds_spread']:.0%} | {row['cpu_seconds']:.1f} "
+            f"| {_mib(row['peak_mib'])} | {_num(row['saved_mib'], 1)} | {_num(row['saved_formula_mib'], 1)} "
+            f"| {row['kv_cache_mib']:.1f} |"
+        )
+    depths = ", ".join(map(str, sorted(set(config["depths"]))))
+    lines += [
+        "",
+        f"**Depth cost model** (value = a + b x layers, least squares over depths {depths}; predicted at the "
+        f"published {shape['num_hidden_layers']} layers; error = predicted / measured - 1, where measured):",
+        "",
+        "| prompt | mode | a s | b s/layer | predicted s | measured s | error | error (median) "
+        "| error (CPU s) | peak a MiB | b MiB/layer | predicted peak MiB | measured peak MiB | error |",
+        "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for fit in results["fits"]:
+        seconds, peak = fit["seconds"], fit["peak_mib"] or {}
+        median, cpu = fit["seconds_median"], fit["cpu_seconds"]
+        lines.append(
+            f"| {fit['prompt_tokens']} | {fit['mode']} | {seconds['a']:.2f} | {seconds['per_layer']:.3f} "
+            f"| {seconds['predicted']:.1f} | {_num(seconds['measured'], 2)} | {_pct(seconds['error'])} "
+            f"| {_pct(median['error'])} | {_pct(cpu['error'])} | {_num(peak.get('a'), 0)} "
+            f"| {_num(peak.get('per_layer'), 1)} | {_num(peak.get('predicted'), 0)} "
+            f"| {_num(peak.get('measured'), 0)} | {_pct(peak.get('error'))} |"
+        )
+    if results["memory_sweep"]:
+        lines += [
+            "",
+            "**Memory sweep** (one memory run each; peak = memory the call adds, MiB):",
+            "",
+            "| prompt | answer | batch | depth | mode | seconds | peak MiB | saved MiB | formula MiB "
+            "| KV MiB |",
+            "| ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in results["memory_sweep"]:
+            lines.append(
+                f"| {row['prompt_tokens']} | {row['answer_tokens']} | {row['batch']} | {row['depth']} "
+                f"| {row['mode']} | {row['seconds']:.2f} | {_mib(row['peak_mib'])} | {row['saved_mib']:.1f} "
+                f"| {row['saved_formula_mib']:.1f} | {row['kv_cache_mib']:.1f} |"
+            )
+    return "\n".join([*lines, ""])
