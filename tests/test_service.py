@@ -206,6 +206,19 @@ def test_every_error_code_comes_back_as_its_class() -> None:
     assert status_for(ModelLoadError("m")) == 503 and status_for(NonFiniteScoreError("m")) == 500
 
 
+def test_an_adapters_error_class_does_not_change_the_mapping() -> None:
+    # An adapter may subclass SemGradError with a richer constructor (langchain_semgrad's
+    # LowConfidenceError needs the result and the answer); rebuilding a code must never call it.
+    class AdapterError(SemGradError):
+        code = "invalid_input"
+
+        def __init__(self, message: str, *, extra: object) -> None:
+            super().__init__(message)
+
+    assert AdapterError not in _subclasses(SemGradError)
+    assert type(error_from_code("invalid_input", "m", 422)) is InvalidInputError
+
+
 def test_a_token_is_required(server: str) -> None:
     for token in (None, "wrong"):
         with RemoteScorer(server, token=token) as scorer, pytest.raises(UnauthorizedError):

@@ -81,10 +81,18 @@ def status_for(error: SemGradError) -> int:
 
 
 def _subclasses(root: type[SemGradError]) -> list[type[SemGradError]]:
-    """``root`` and every class below it, breadth first: the core's classes before later additions."""
+    """``root`` and every class below it that the core defines, breadth first.
+
+    Only the core's errors travel over the wire; an adapter's subclass (say one whose constructor needs
+    more than a message) is never rebuilt from a code, so importing an adapter cannot change the mapping.
+    """
     found, index = [root], 0
     while index < len(found):
-        found.extend(sub for sub in found[index].__subclasses__() if sub not in found)
+        found.extend(
+            sub
+            for sub in found[index].__subclasses__()
+            if sub not in found and sub.__module__.split(".")[0] == "semgrad_guard"
+        )
         index += 1
     return found
 
