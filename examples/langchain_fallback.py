@@ -13,7 +13,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_local_model import local_chat_model
 from langchain_semgrad import GuardResult, LowConfidenceError, SemGradGuard
 
-THRESHOLD = 2e-5  # raw SemGrad threshold for this model (illustrative; calibrate for real use)
+THRESHOLD = 4.4e-5  # median SemGrad of the benchmark answers (docs/calibration.md); calibrate for real use
 
 QUESTIONS = ["What is the capital of France?", "Who painted the Mona Lisa?", "What is the square root of 2?"]
 

@@ -14,7 +14,7 @@ from langchain_local_model import local_chat_model
 from langchain_semgrad import ReviewQueue, SemGradGuard
 from langchain_semgrad.review import main as review_cli
 
-THRESHOLD = 2e-5  # raw SemGrad threshold for this model (illustrative; calibrate for real use)
+THRESHOLD = 4.4e-5  # median SemGrad of the benchmark answers (docs/calibration.md); calibrate for real use
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -40,7 +40,7 @@ from llama_index_instrumentation import get_dispatcher
 from semgrad_guard import default_scorer
 
 DOCS = Path(__file__).parent / "data" / "llamaindex_docs"
-THRESHOLD = 3e-5  # illustrative raw SemGrad threshold for this 135M model, not calibrated
+THRESHOLD = 4.4e-5  # the median SemGrad of the benchmark answers (docs/calibration.md), not calibrated
 QUESTIONS = [
     "When was Harbor Lane Library founded?",
     "What is the cafe at Harbor Lane Library called?",

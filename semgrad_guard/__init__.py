@@ -25,6 +25,7 @@ from semgrad_guard.profiles import ModelProfile
 from semgrad_guard.prompts import Prompt
 from semgrad_guard.results import RawField, Score, ScoredGeneration
 from semgrad_guard.scorer import ErrorMode, ScorerConfig, SemGradScorer
+from semgrad_guard.service.protocol import Scorer
 from semgrad_guard.shared import default_scorer, set_default_scorer
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "RawField",
     "Score",
     "ScoredGeneration",
+    "Scorer",
     "ScorerBusyError",
     "ScorerConfig",
     "ScorerOutOfMemoryError",

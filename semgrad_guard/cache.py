@@ -1,4 +1,4 @@
-"""The user's cache folder for semgrad-guard (converted models; later, computed profiles)."""
+"""The user's cache folder for semgrad-guard: converted GGUF models, joined named models, profiles."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ evaluation tooling and ``--help`` loads no model library.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -14,7 +15,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -27,11 +28,12 @@ from semgrad_guard.evaluation.methods import METHODS
 from semgrad_guard.prompts import Prompt
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
+from semgrad_guard.service.cli import DTYPES, MODEL_HELP, add_model_arguments, scorer_options
+from semgrad_guard.service.cli import add_arguments as add_serve_arguments
 
 __all__ = ["main"]
 
 Config = TypeVar("Config", bound=BaseModel)
-DTYPES = ["auto", "float64", "float32", "bfloat16", "float16"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,14 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     batch = score.add_argument_group("many pairs")
     batch.add_argument("--input", type=Path, help="JSONL file of pairs ('-' = standard input)")
     batch.add_argument("--output", type=Path, help="JSONL file for the scores (default: standard output)")
-    model = score.add_argument_group("model")
-    model.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    model.add_argument("--dtype", default="auto", choices=DTYPES)
-    model.add_argument("--profile", type=Path, help="a model profile saved as JSON")
-    model.add_argument("--batch-size", type=int, default=8, help="pairs per pass (default: 8)")
-    model.add_argument("--max-length", type=int, help="refuse pairs longer than this many tokens")
-    model.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    add_model_arguments(score)
+    ray = score.add_argument_group("Ray (the ray extra; docs/scaling.md)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="score the --input file on Ray actors, one model each (the cluster of RAY_ADDRESS, else a "
+        "local one); the output is the same, written once all lines are scored",
+    )
+    ray.add_argument("--actors", type=int, default=1, help="with --ray: how many actors (default: 1)")
+    ray.add_argument("--num-gpus", type=float, default=0, help="with --ray: GPUs per actor (default: 0)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve one scorer over HTTP for many processes (the serve extra; docs/scaling.md)",
+        description="Load one scorer and answer POST /v1/score and /v1/score_batch, GET /v1/info, /healthz "
+        "and /readyz until interrupted. RemoteScorer, or any adapter with SEMGRAD_GUARD_URL set, scores "
+        "through it.",
+    )
+    add_serve_arguments(serve)
     bench = commands.add_parser(
         "bench",
         help="error-detection benchmark: greedy answers, judged labels, every method, metrics and cost",
@@ -68,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--out", type=Path, required=True, help="folder for results (and the generation cache)"
     )
-    bench.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument("--limit", type=int, help="first N questions only")
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     bench.add_argument("--samples", type=int, default=10, help="K samples for sampling baselines (0 = none)")
@@ -104,8 +116,39 @@ def _parser() -> argparse.ArgumentParser:
         "bench-speed",
         help="speed benchmark: naive vs fast pass vs a plain forward, self-scoring, throughput, sampling",
     )
-    speed.add_argument("--out", type=Path, required=True, help="folder for speed.json and speed.md")
-    speed.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    speed.add_argument(
+        "--out", type=Path, required=True, help="folder for speed.json and speed.md (shape.* with --depths)"
+    )
+    speed.add_argument("--model", help=MODEL_HELP)
+    speed.add_argument(
+        "--shape",
+        default=argparse.SUPPRESS,
+        help="random weights with a published architecture instead of --model: qwen2.5-7b, llama-3.1-8b, "
+        "mistral-7b, qwen2.5-1.5b, smollm2-135m (the cost is the point, the scores mean nothing)",
+    )
+    speed.add_argument("--layers", type=int, help="decoder layers of --shape (default: the published depth)")
+    speed.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        help="with --shape: measure these reduced depths side by side and fit the depth cost model "
+        "(writes shape.json and shape.md instead of the full bench)",
+    )
+    speed.add_argument(
+        "--full-depth", action="store_true", help="with --depths: also measure the published depth"
+    )
+    for flag, field, what in (
+        ("--memory-answers", "memory_answer_tokens", "answer lengths"),
+        ("--memory-batches", "memory_batch_sizes", "batch sizes"),
+    ):
+        speed.add_argument(
+            flag,
+            dest=field,
+            type=int,
+            nargs="+",
+            default=argparse.SUPPRESS,
+            help=f"with --depths: further {what} for the peak-memory sweep",
+        )
     speed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     speed.add_argument("--dtype", default="auto", choices=DTYPES)
     speed.add_argument(
@@ -113,11 +156,16 @@ def _parser() -> argparse.ArgumentParser:
         dest="prompt_lengths",
         type=int,
         nargs="+",
-        default=[64, 256, 1024, 2048],
-        help="prompt tokens",
+        default=argparse.SUPPRESS,
+        help="prompt tokens (default: 64 256 1024 2048; 256 1024 with --depths)",
     )
     speed.add_argument("--answer-tokens", type=int, default=32)
-    speed.add_argument("--repeats", type=int, default=5, help="timed runs per setting (median reported)")
+    speed.add_argument(
+        "--repeats",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="timed runs per setting (default: 5, median reported; 2 with --depths, interleaved over depths)",
+    )
     speed.add_argument("--callers", type=int, nargs="+", default=[1, 4, 16], help="concurrent callers")
     speed.add_argument("--throughput-pairs", type=int, default=48)
     speed.add_argument("--sampling-questions", type=int, default=5)
@@ -125,16 +173,14 @@ def _parser() -> argparse.ArgumentParser:
         "bench-precision",
         help="how far scores move with dtype, batching, pass mode and threads, against float64",
     )
-    precision.add_argument(
-        "--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)"
-    )
+    precision.add_argument("--model", help=MODEL_HELP)
     profile = commands.add_parser(
         "profile",
         help="choose where SemGrad takes its gradient for a model, with the Semantic Preservation Score",
         description="Run questions and their paraphrases through the model (forward passes only), score "
         "each candidate prompt position and layer band by SPS, and save the chosen profile with its table.",
     )
-    profile.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
+    profile.add_argument("--model", help=MODEL_HELP)
     profile.add_argument(
         "--data", help="sciq, truthfulqa or a JSONL path with paraphrases (default: the shipped set)"
     )
@@ -159,7 +205,7 @@ def _profile(args: argparse.Namespace) -> int:
         loaded = load_model(
             args.model,
             device=device,
-            dtype=resolve_dtype(args.dtype, device),
+            dtype=resolve_dtype(args.dtype, device, args.model),
             trust_remote_code=args.trust_remote_code,
         )
         items = (load_qa(args.data) if args.data else load_default_items())[: args.limit]
@@ -264,6 +310,10 @@ def _check_score_args(args: argparse.Namespace) -> None:
     """Refuse, before loading anything, flags and paths the score command cannot work with."""
     if args.batch_size < 1:
         raise _Refused(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.actors < 1 or args.num_gpus < 0:
+        raise _Refused(
+            f"--actors must be at least 1 and --num-gpus at least 0, got {args.actors}, {args.num_gpus}"
+        )
     if args.max_length is not None and args.max_length < 2:
         raise _Refused(f"--max-length must be at least 2 tokens, got {args.max_length}")
     if args.profile is not None and not args.profile.is_file():
@@ -376,7 +426,26 @@ def _score_pairs(scorer: SemGradScorer, pairs: list[tuple[Prompt, str]]) -> list
     return [score for pair in pairs for score in _score_pairs(scorer, [pair])]
 
 
-def _score_stream(scorer: SemGradScorer, source: BinaryIO, sink: TextIO, chunk: int) -> int:
+def _pairs(records: list[Record]) -> list[tuple[Prompt, str]]:
+    return [item for _, item in records if not isinstance(item, str)]
+
+
+def _write(records: list[Record], scores: list[Score], model: str, sink: TextIO) -> int:
+    """One output line per record, in order: its pair's score, or its reason as an invalid Score.
+
+    ``scores`` are the records' pairs' scores, in order. Returns how many lines got ``valid: false``.
+    """
+    scored = iter(scores)
+    invalid = 0
+    for key, item in records:
+        score = Score.invalid(item, model=model) if isinstance(item, str) else next(scored)
+        invalid += not score.valid
+        sink.write(json.dumps({"id": key, **score.model_dump(mode="json")}) + "\n")
+    sink.flush()
+    return invalid
+
+
+def _score_stream(scorer: SemGradScorer, chunk: int, source: BinaryIO, sink: TextIO) -> int:
     """Score a JSONL byte stream ``chunk`` lines at a time, writing one line per input line, in order.
 
     Each chunk's lines are written (and flushed) as soon as it is scored. Returns how many lines got
@@ -388,16 +457,36 @@ def _score_stream(scorer: SemGradScorer, source: BinaryIO, sink: TextIO, chunk: 
     invalid = 0
     with tqdm(desc="scoring", unit="line", file=sys.stderr) as bar:
         while records := [_record(raw, number) for number, raw in itertools.islice(lines, chunk)]:
-            scored = iter(_score_pairs(scorer, [item for _, item in records if not isinstance(item, str)]))
-            for key, item in records:
-                score = (
-                    Score.invalid(item, model=scorer.model_name) if isinstance(item, str) else next(scored)
-                )
-                invalid += not score.valid
-                sink.write(json.dumps({"id": key, **score.model_dump(mode="json")}) + "\n")
-            sink.flush()
+            invalid += _write(records, _score_pairs(scorer, _pairs(records)), scorer.model_name, sink)
             bar.update(len(records))
     return invalid
+
+
+def _score_on_ray(args: argparse.Namespace, source: BinaryIO, sink: TextIO) -> int:
+    """``score --ray``: every line's pair at once to a pool of Ray actors with one model each.
+
+    The driver loads no model; the output is that of :func:`_score_stream`, written once all are scored.
+    """
+    try:
+        from semgrad_guard.ray import score_pairs
+    except ImportError as exc:
+        raise _Refused(
+            f"--ray needs the ray extra ({exc.name} is missing): pip install 'semgrad-guard[ray]'"
+        ) from exc
+    records = [_record(raw, number) for number, raw in enumerate(source, start=1)]
+    try:
+        scores = score_pairs(
+            _pairs(records),
+            args.model,
+            actors=args.actors,
+            num_gpus=args.num_gpus,
+            scorer_options=scorer_options(args),
+        )
+    except Exception as exc:  # Ray wraps an actor's failure (a model it cannot load) in its own types
+        raise _Refused(f"scoring on Ray failed: {_one_line(exc)}") from exc
+    # Unscorable lines name the model the actors reported; with no scorable line no actor ran.
+    model = scores[0].model if scores else str(args.model or "embedded")
+    return _write(records, scores, model, sink)
 
 
 @contextmanager
@@ -433,35 +522,32 @@ def _score(args: argparse.Namespace) -> int:
     """The score command: one pair from flags, or a JSONL file streamed to a JSONL file or standard output."""
     if (args.input is None) == (args.prompt is None or args.answer is None):
         _parser().error("give either --prompt and --answer, or --input")
+    if args.ray and args.input is None:
+        _parser().error("--ray scores an --input file")
     try:
         _check_score_args(args)
     except _Refused as exc:
         print(f"semgrad-guard: {exc}", file=sys.stderr)
         return 2
+    score_file: Callable[[BinaryIO, TextIO], int] = functools.partial(_score_on_ray, args)
+    if not args.ray:
+        try:
+            scorer = SemGradScorer(args.model, **scorer_options(args)).load()
+        except (SemGradError, ValueError, OSError, RuntimeError) as exc:  # pydantic's errors: ValueErrors
+            print(f"semgrad-guard: could not load the scorer: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        score_file = functools.partial(_score_stream, scorer, args.batch_size)
     try:
-        scorer = SemGradScorer(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            profile=args.profile,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            trust_remote_code=args.trust_remote_code,
-        ).load()
-    except (SemGradError, ValueError, OSError, RuntimeError) as exc:  # pydantic's errors are ValueErrors
-        print(f"semgrad-guard: could not load the scorer: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    try:
-        if args.input is None:
+        if args.input is None:  # one pair (never with --ray)
             print(scorer.score(args.prompt, args.answer).model_dump_json(indent=2))
             return 0
         with (
             nullcontext(sys.stdin.buffer) if str(args.input) == "-" else args.input.open("rb") as source,
             _output(args.output) as sink,
         ):
-            invalid = _score_stream(scorer, source, sink, args.batch_size)
-    except (SemGradError, OSError) as exc:
-        print(f"semgrad-guard: {_one_line(exc)}", file=sys.stderr)
+            invalid = score_file(source, sink)
+    except (SemGradError, OSError, _Refused) as exc:
+        print(f"semgrad-guard: {exc if isinstance(exc, _Refused) else _one_line(exc)}", file=sys.stderr)
         return 2
     if invalid:
         print(f"semgrad-guard: {invalid} pair(s) could not be scored; see invalid_reason", file=sys.stderr)
@@ -469,10 +555,25 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    from semgrad_guard.evaluation.speed import SpeedConfig, run_speed, speed_markdown
+    from pydantic import ValidationError
 
-    print(speed_markdown(run_speed(_config(SpeedConfig, args))))
-    print(f"wrote {args.out}/speed.json and speed.md")
+    from semgrad_guard.evaluation import speed
+
+    try:
+        kind: type[speed.ShapeSpeedConfig | speed.SpeedConfig]
+        kind = speed.ShapeSpeedConfig if args.depths else speed.SpeedConfig
+        config = _config(kind, args)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "".join(f"{part}: " for part in error["loc"])
+        print(f"semgrad-guard: bench-speed: {where}{error['msg']}", file=sys.stderr)
+        return 2
+    if isinstance(config, speed.ShapeSpeedConfig):
+        print(speed.shape_speed_markdown(speed.run_shape_speed(config)))
+        print(f"wrote {args.out}/shape.json and shape.md")
+    else:
+        print(speed.speed_markdown(speed.run_speed(config)))
+        print(f"wrote {args.out}/speed.json and speed.md")
     return 0
 
 
@@ -492,4 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         precision_report(args.model)
         return 0
+    if args.command == "serve":
+        from semgrad_guard.service.cli import run
+
+        return run(args)
     return _score(args)

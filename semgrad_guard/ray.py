@@ -150,7 +150,9 @@ def _map(
 
     if actors < 1 or batch_size < 1:
         raise ValueError("actors and batch_size must be at least 1")
-    options = {"device": "cuda" if num_gpus > 0 else "cpu", **dict(scorer_options or {})}
+    options = dict(scorer_options or {})
+    if options.get("device", "auto") == "auto":  # an actor's device follows the GPUs it is given
+        options["device"] = "cuda" if num_gpus > 0 else "cpu"
     threads = None if num_gpus > 0 else max(1, int(num_cpus))
     scored = ds.map_batches(
         _ScoreBatch,
@@ -198,7 +200,8 @@ def score_dataset(
             ``batch_size`` (``scorer_options``).
         num_cpus: CPUs reserved per actor; on CPU it is also the actor's torch thread count.
         scorer_options: keyword arguments for :class:`~semgrad_guard.SemGradScorer` (``dtype``,
-            ``batch_size``, ``calibration``, ``profile``...; ``device`` defaults to cuda with GPUs, else cpu).
+            ``batch_size``, ``calibration``, ``profile``...; ``device`` absent or ``"auto"``: cuda with GPUs,
+            else cpu).
         preserve_order: keep the input's row order (Ray Data otherwise emits blocks as they finish).
 
     Returns:

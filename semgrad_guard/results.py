@@ -136,7 +136,7 @@ class Score(BaseModel):
         if self.low_confidence is None:
             raise NoThresholdError(
                 "no calibration is loaded, so there is no threshold: pass a raw threshold on a Score field "
-                "(e.g. untrusted(threshold=3e-4, field='semgrad')) or load a calibration"
+                "(e.g. untrusted(threshold=4.4e-5, field='semgrad')) or load a calibration"
             )
         return self.low_confidence
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Generic, TypeVar
 
 __all__ = ["PairKey", "ReuseCache"]
@@ -64,14 +64,19 @@ def _ok(done: Future[Result]) -> bool:
 
 
 def _follow(source: Future[Result], target: Future[Result], mark: Callable[[Result], Result]) -> None:
-    """Give ``target`` the outcome of ``source`` (its result passed through ``mark``) when it arrives."""
+    """Give ``target`` the outcome of ``source`` (its result passed through ``mark``) when it arrives.
+
+    Every outcome is passed on, a cancellation too, so a caller sharing another's pass never waits forever.
+    """
 
     def copy(done: Future[Result]) -> None:
         if target.done():
             return
-        if _ok(done):
+        if done.cancelled():
+            target.set_exception(CancelledError("the pass this call shared was cancelled"))
+        elif _ok(done):
             target.set_result(mark(done.result()))
         else:
-            target.set_exception(done.exception() or RuntimeError("the pass was cancelled"))
+            target.set_exception(done.exception())
 
     source.add_done_callback(copy)

@@ -64,10 +64,12 @@ class SemGradScorer:
     """Scores answers with SemGrad and HybridGrad from one forward and one backward pass of a local LM.
 
     Args:
-        model: ``None`` for the embedded SmolLM2-135M-Instruct; a Hugging Face model id or folder; a GGUF
-            file path; or an already-loaded ``(model, tokenizer)`` pair whose weights are shared, not copied.
+        model: ``None`` for the embedded SmolLM2-135M-Instruct; a named model (``"qwen2.5-coder-1.5b"``,
+            docs/models.md); a Hugging Face model id or folder; a GGUF file path; or an already-loaded
+            ``(model, tokenizer)`` pair whose weights are shared, not copied.
         device: ``"auto"`` or a torch device (ignored for a loaded pair, which stays where it is).
-        dtype: ``"auto"`` (bfloat16, or float16 without it, on a CUDA GPU; float32 on CPU and MPS) or an
+        dtype: ``"auto"`` (bfloat16, or float16 without it, on a CUDA GPU; float32 on CPU and MPS, but
+            bfloat16 for a named model such as ``"qwen2.5-coder-1.5b"`` on a CPU with avx512_bf16) or an
             explicit dtype name. Statistics are computed in at least float32 whatever the model's dtype;
             ``"float64"`` makes the whole pass exact to rounding (docs/method.md, "Precision").
         profile: where to take the gradient: a :class:`ModelProfile`, a path to one saved as JSON,
@@ -141,6 +143,7 @@ class SemGradScorer:
             else profile
         )
         self._lock = threading.RLock()
+        self._ready_event = threading.Event()  # set last in load(): everything below is filled
         self._loaded: LoadedModel | None = None
         self._format: ChatFormat | None = None
         self._profile: ModelProfile | None = None
@@ -154,26 +157,36 @@ class SemGradScorer:
 
     # ----------------------------------------------------------------------------------------- loading
     def load(self) -> SemGradScorer:
-        """Load the model now (otherwise it loads on first use); returns the scorer."""
+        """Load the model now (otherwise it loads on first use); returns the scorer.
+
+        Once loaded, this returns at once without taking the scorer's lock: a pass holds that lock for its
+        whole run, and a caller that only needs the loaded model must not wait behind it (so a full queue
+        answers :class:`ScorerBusyError` after ``queue_timeout_s``, not after the running pass).
+        """
+        if self._ready_event.is_set():
+            return self
         from semgrad_guard import directions, model_parts  # torch: imported when a model is loaded
 
         with self._lock:
-            if self._loaded is None:
-                self._loaded = self._load()
-                tokens = _context_length(self._loaded.model, self.config.max_length)
-                self._format = ChatFormat(self._loaded.tokenizer, max_chars=tokens * MAX_CHARS_PER_TOKEN)
-                model, tokenizer, name = self._loaded.model, self._loaded.tokenizer, self._loaded.name
-                if self._requested_profile == "auto":
-                    from semgrad_guard.sps import auto_profile  # research tooling, only when asked for
+            if self._ready_event.is_set():
+                return self
+            loaded = self._load()
+            tokens = _context_length(loaded.model, self.config.max_length)
+            self._format = ChatFormat(loaded.tokenizer, max_chars=tokens * MAX_CHARS_PER_TOKEN)
+            model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.name
+            if self._requested_profile == "auto":
+                from semgrad_guard.sps import auto_profile  # research tooling, only when asked for
 
-                    profile = auto_profile(model, tokenizer, name)
-                else:
-                    profile = self._requested_profile or resolve_profile(model, tokenizer, name)
-                self._profile = profile.resolved(model_parts.num_layers(self._loaded.model))
-                hidden_size = int(model.get_input_embeddings().weight.shape[-1])
-                self._directions = directions.profile_directions(self._profile, hidden_size)
-                if self._calibration_source is not None:
-                    self._calibration = load_calibration(self._calibration_source, self._loaded.name)
+                profile = auto_profile(model, tokenizer, name)
+            else:
+                profile = self._requested_profile or resolve_profile(model, tokenizer, name)
+            self._profile = profile.resolved(model_parts.num_layers(model))
+            hidden_size = int(model.get_input_embeddings().weight.shape[-1])
+            self._directions = directions.profile_directions(self._profile, hidden_size)
+            if self._calibration_source is not None:
+                self._calibration = load_calibration(self._calibration_source, name)
+            self._loaded = loaded
+            self._ready_event.set()
         return self
 
     def _load(self) -> LoadedModel:
@@ -185,7 +198,7 @@ class SemGradScorer:
         loaded = load_model(
             self._spec,
             device=device,
-            dtype=resolve_dtype(self.config.dtype, device),
+            dtype=resolve_dtype(self.config.dtype, device, self._spec),
             trust_remote_code=self.config.trust_remote_code,
             load_kwargs=self._load_kwargs,
         )
@@ -284,23 +297,31 @@ class SemGradScorer:
                     raise
                 slots[index] = Score.invalid(f"{exc.code}: {exc}", model=loaded.name)
         encoded.sort(key=lambda item: item[1].length)
+        running = self._shared([encoding for _, encoding in encoded])
+        for (index, _), future in zip(encoded, running, strict=True):
+            slots[index] = future
+        return [slot for slot in slots if slot is not None]
+
+    def _shared(self, encoded: Sequence[EncodedPair]) -> list[Future[Score]]:
+        """Futures of these pairs' Scores: pairs another call claimed reuse its pass, the rest are queued."""
+        claims: list[Future[Score]] = []
         new: list[tuple[PairKey, Future[Score], EncodedPair]] = []
-        for index, encoding in encoded:
+        for encoding in encoded:
             key = (tuple(encoding.prompt_ids), tuple(encoding.answer_ids))
             claimed, reused = self._reuse.claim(key)
-            slots[index] = claimed
+            claims.append(claimed)
             if not reused:
                 new.append((key, claimed, encoding))
         try:
             running = self._batcher.submit([pair for _, _, pair in new])
-        except SemGradError:
-            for key, claimed, _ in new:
+        except SemGradError as exc:
+            for key, claimed, _ in new:  # callers sharing a refused pair get the same refusal
                 self._reuse.forget(key, claimed)
-                claimed.cancel()
+                claimed.set_exception(exc)
             raise
         for (key, claimed, _), future in zip(new, running, strict=True):
             self._reuse.fill(key, claimed, future)
-        return [slot for slot in slots if slot is not None]
+        return claims
 
     def _outcome(self, slot: Score | Future[Score], errors: ErrorMode) -> Score:
         """A finished pass's Score, checked and calibrated; its error raised or marked per ``errors``."""
@@ -348,7 +369,8 @@ class SemGradScorer:
             if errors == "raise":
                 raise
             return ScoredGeneration(text=text, score=Score.invalid(f"{exc.code}: {exc}", model=loaded.name))
-        return ScoredGeneration(text=text, score=self._outcome(self._batcher.submit([pair])[0], errors))
+        # Shared like any scored pair, so a later score(prompt, text) by an adapter reuses this pass.
+        return ScoredGeneration(text=text, score=self._outcome(self._shared([pair])[0], errors))
 
     def generate(
         self, prompt: Prompt, *, n: int = 1, max_new_tokens: int = 64, **generation_kwargs: Any

@@ -1,11 +1,13 @@
-"""The `semgrad-guard score` command: one pair from flags, JSONL in and out."""
+"""The command line: `score` (one pair from flags, JSONL in and out, on Ray) and `serve`."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.cli import main
+from tests._tolerances import FLOAT32
 
 
 def test_score_one_pair(tiny_dir: Path, capsys: Any) -> None:
@@ -268,6 +271,8 @@ def test_output_that_is_the_input_is_refused(tiny_dir: Path, tmp_path: Path, cap
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--device", "toaster"], "is not a device"),
         (["--model", "{tmp}/no-such-model"], "ModelLoadError"),
+        (["--ray", "--actors", "0"], "--actors must be at least 1"),
+        (["--ray", "--num-gpus", "-1"], "--num-gpus at least 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -303,3 +308,94 @@ def test_a_cuda_index_past_the_devices_is_refused(tmp_path: Path, capsys: Any, m
         "A",
     ]
     assert "no such device (this machine has 1 CUDA device(s))" in _refused(argv, capsys)
+
+
+def test_ray_without_the_ray_extra_is_refused(
+    tiny_dir: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, "semgrad_guard.ray", None)  # as if Ray were not installed
+    argv = ["score", "--model", str(tiny_dir), "--input", str(_five_pairs(tmp_path)), "--ray"]
+    assert "--ray needs the ray extra" in _refused([*argv, "--output", str(tmp_path / "o.jsonl")], capsys)
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(SystemExit):  # one pair is scored here, never on Ray
+        main(["score", "--prompt", "Q?", "--answer", "A", "--ray"])
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[None]:
+    """A local two-CPU Ray cluster for one test (run on a shared machine inside ``unshare -rn``)."""
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'semgrad-guard[ray]'")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+def test_score_on_ray_writes_what_one_process_writes(
+    ray_cluster: None, tiny_dir: Path, tmp_path: Path
+) -> None:
+    lines = [
+        json.dumps({"id": "a", "prompt": "What is 2+2?", "answer": "4"}),
+        json.dumps(
+            {"id": "b", "prompt": [{"role": "user", "content": "Capital of Italy?"}], "answer": "Rome"}
+        ),
+        json.dumps({"id": "c", "prompt": "Why?", "answer": " "}),
+        "not json",
+        json.dumps({"id": "e", "prompt": "Largest planet?", "answer": "Jupiter, by far."}),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    argv = ["score", "--model", str(tiny_dir), "--device", "cpu", "--batch-size", "2", "--input", str(source)]
+    assert main([*argv, "--output", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "ray.jsonl"), "--ray"]) == 0
+    local, on_ray = _strict_rows(tmp_path / "local.jsonl"), _strict_rows(tmp_path / "ray.jsonl")
+    assert [r["id"] for r in on_ray] == ["a", "b", "c", 4, "e"]
+    assert [r["valid"] for r in on_ray] == [True, True, False, False, True]
+    for got, want in zip(on_ray, local, strict=True):
+        assert (got["id"], got["valid"], got["invalid_reason"], got["model"]) == (
+            want["id"],
+            want["valid"],
+            want["invalid_reason"],
+            want["model"],
+        )
+        if want["valid"]:
+            assert got["n_prompt_tokens"] == want["n_prompt_tokens"]
+            for field in ("semgrad", "hybridgrad", "nll"):
+                assert got[field] == pytest.approx(want[field], rel=2 * FLOAT32), field
+
+
+# ----------------------------------------------------------------------------------------------- serve
+def test_serve_builds_the_scorer_and_serves_it(tiny_dir: Path, monkeypatch: Any) -> None:
+    """``semgrad-guard serve``: the scorer loaded from the flags goes to uvicorn with the service options."""
+    pytest.importorskip("fastapi", reason="serving needs the serve extra")
+    from semgrad_guard.service import app
+
+    served: list[tuple[SemGradScorer, dict[str, Any]]] = []
+    monkeypatch.setattr(app, "serve", lambda scorer, **options: served.append((scorer, options)))
+    flags = ["--device", "cpu", "--port", "8123", "--token", "t0k", "--max-pairs", "3", "--max-queue", "5"]
+    assert main(["serve", "--model", str(tiny_dir), *flags]) == 0
+    [(scorer, options)] = served
+    assert scorer.model_name == str(tiny_dir) and scorer.config.batching.max_queue == 5
+    assert (options["host"], options["port"], options["token"], options["max_pairs"]) == (
+        "127.0.0.1",
+        8123,
+        "t0k",
+        3,
+    )
+
+
+def test_serve_refuses_a_model_it_cannot_load(tmp_path: Path, capsys: Any) -> None:
+    pytest.importorskip("fastapi", reason="serving needs the serve extra")
+    assert main(["serve", "--model", str(tmp_path / "no-such-model"), "--port", "9"]) == 2
+    assert "could not load the scorer" in capsys.readouterr().err
+
+
+def test_python_m_service_is_the_serve_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "semgrad_guard.service", "--help"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("usage: semgrad-guard serve") and "--max-queue" in out.stdout

@@ -105,7 +105,13 @@ def test_generation_cache_is_reused_exactly(embedded64: SemGradScorer) -> None:
 @pytest.mark.parametrize("max_new_tokens", [3, 16])  # cut mid-answer (no end-of-turn), and whole
 def test_generate_and_score_equals_score_on_its_text(embedded64: SemGradScorer, max_new_tokens: int) -> None:
     generated = embedded64.generate_and_score(PAIRS[0][0], max_new_tokens=max_new_tokens)
-    rescored = embedded64.score(PAIRS[0][0], generated.text)
+    assert embedded64.score(PAIRS[0][0], generated.text).reused  # adapters scoring the text reuse the pass
+    # A fresh pass of the text (same weights and profile, no reuse) is the reference for the cached prefix.
+    fresh = SemGradScorer(
+        (embedded64.model, embedded64.tokenizer), profile=embedded64.profile, reuse_size=0, calibration=None
+    )
+    rescored = fresh.score(PAIRS[0][0], generated.text)
+    assert not rescored.reused
     assert generated.score.n_answer_tokens == rescored.n_answer_tokens
     for field in ("semgrad", "hybridgrad", "nll", "mean_entropy"):
         assert getattr(generated.score, field) == pytest.approx(getattr(rescored, field), rel=EXACT), field

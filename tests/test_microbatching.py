@@ -111,6 +111,38 @@ def test_full_queue_pushes_back() -> None:
     assert running[0].result(5) is True
 
 
+def test_a_full_queue_refuses_while_a_pass_holds_the_scorer(make_tiny: Callable[..., SemGradScorer]) -> None:
+    """A caller of a loaded scorer waits only for queue room, never for the running pass (which holds the
+    scorer's lock), so ``queue_timeout_s`` is what it waits before ScorerBusyError."""
+    scorer = make_tiny(
+        batch_size=1, batching=BatchingConfig(max_queue=1, queue_timeout_s=0.05, max_wait_ms=0)
+    ).load()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(*_: object) -> None:  # runs inside the pass, with the scorer's lock held
+        inside.set()
+        release.wait(10)
+
+    handle = scorer.model.get_input_embeddings().register_forward_hook(hold)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(scorer.score, "Hi?", "held inside its pass")
+            assert inside.wait(10)
+            queued = pool.submit(scorer.score, "Hi?", "waits in the queue")
+            for _ in range(1000):  # until the queued call is on the queue (never, if it waits on the pass)
+                if scorer._batcher._queue.full():
+                    break
+                time.sleep(0.01)
+            assert scorer._batcher._queue.full() and inside.is_set() and not release.is_set()
+            with pytest.raises(ScorerBusyError):
+                scorer.score("Hi?", "one too many")
+            release.set()
+            assert running.result(10).valid and queued.result(10).valid
+    finally:
+        release.set()
+        handle.remove()
+
+
 def test_out_of_memory_splits_the_pass() -> None:
     sizes: list[int] = []
 

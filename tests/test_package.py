@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "RawField",
     "Score",
     "ScoredGeneration",
+    "Scorer",
     "ScorerBusyError",
     "ScorerConfig",
     "ScorerOutOfMemoryError",

@@ -31,6 +31,8 @@ from semgrad_guard import (  # noqa: E402
     ScorerBusyError,
     SemGradError,
     SemGradScorer,
+    default_scorer,
+    set_default_scorer,
 )
 from semgrad_guard.service import (  # noqa: E402
     RemoteScorer,
@@ -269,16 +271,15 @@ def test_size_limits_are_413(server: str, remote: RemoteScorer) -> None:
 
 
 def gated(make_tiny: Callable[..., SemGradScorer], **batching: Any) -> tuple[SemGradScorer, threading.Event]:
-    """A tiny scorer whose passes wait for the returned event before they start: its queue can fill."""
+    """A tiny scorer whose passes wait for the returned event inside the model, holding the scorer as a
+    slow pass does: its queue can fill."""
     scorer = make_tiny(batch_size=1, batching=BatchingConfig(max_wait_ms=0, **batching)).load()
     gate = threading.Event()
-    run = scorer._batcher._run
 
-    def held(pairs: list[Any]) -> list[Score]:
+    def held(*_: object) -> None:
         gate.wait(10)
-        return run(pairs)
 
-    scorer._batcher._run = held  # type: ignore[method-assign]
+    scorer.model.get_input_embeddings().register_forward_hook(held)
     return scorer, gate
 
 
@@ -400,10 +401,84 @@ def test_app_from_env_reads_its_settings(tiny_dir: Any, monkeypatch: pytest.Monk
     assert info["calibration"] is None
 
 
-def test_serve_command_refuses_a_model_it_cannot_load(
-    tmp_path: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from semgrad_guard.service.__main__ import main
+# ----------------------------------------------------------------------- the default scorer and adapters
+@pytest.fixture
+def service_by_env(server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """SEMGRAD_GUARD_URL and SEMGRAD_GUARD_TOKEN name the service; the default scorer is made afresh."""
+    monkeypatch.setenv("SEMGRAD_GUARD_URL", server)
+    monkeypatch.setenv("SEMGRAD_GUARD_TOKEN", TOKEN)
+    set_default_scorer(None)
+    try:
+        yield server
+    finally:
+        set_default_scorer(None)
 
-    assert main(["--model", str(tmp_path / "no-such-model"), "--port", "9"]) == 2
-    assert "could not load the scorer" in capsys.readouterr().err
+
+def test_the_environment_makes_the_default_scorer_remote(
+    service_by_env: str, tiny_scorer: SemGradScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = default_scorer()
+    assert isinstance(remote, RemoteScorer) and remote.url == service_by_env
+    assert default_scorer() is remote  # shared, like the local default
+    assert_same([remote.score(*PAIRS[0])], [tiny_scorer.score(*PAIRS[0])])
+    assert remote._timeout.read == 60.0
+    for value, seconds in (("2.5", 2.5), ("none", None)):
+        monkeypatch.setenv("SEMGRAD_GUARD_TIMEOUT", value)
+        assert RemoteScorer.from_env()._timeout.read == seconds
+    for bad in ("soon", "0", "-1"):
+        monkeypatch.setenv("SEMGRAD_GUARD_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="SEMGRAD_GUARD_TIMEOUT"):
+            RemoteScorer.from_env()
+    monkeypatch.delenv("SEMGRAD_GUARD_URL")
+    set_default_scorer(None)
+    assert isinstance(default_scorer(), SemGradScorer)  # unset: the embedded model again (not loaded)
+
+
+def test_every_adapter_scores_through_the_service_by_environment(
+    service_by_env: str, tiny_scorer: SemGradScorer
+) -> None:
+    """With only the variables set, each adapter's default scorer is the service: the same Score (or
+    verdict) as the same adapter over the local scorer."""
+    pytest.importorskip("langchain_semgrad")
+    pytest.importorskip("llama_index.evaluation.semgrad")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_semgrad import SemGradCallbackHandler, SemGradGuard
+    from llama_index.evaluation.semgrad import SemGradEvaluator
+
+    question, answer = PAIRS[0]
+    chat = FakeListChatModel(responses=[answer])
+
+    def guarded(scorer: Scorer | None) -> Score:
+        message = SemGradGuard(chat, scorer=scorer).invoke(question)
+        return Score.model_validate(message.response_metadata["semgrad"]["score"])
+
+    def observed(scorer: Scorer | None) -> Score:
+        handler = SemGradCallbackHandler(scorer=scorer)
+        chat.invoke(question, config={"callbacks": [handler]})
+        assert handler.results[-1].score is not None, handler.results[-1].error
+        return handler.results[-1].score
+
+    for adapter in (guarded, observed):
+        assert_same([adapter(None)], [adapter(tiny_scorer)])
+    remote = SemGradEvaluator().evaluate(query=question, response=answer)
+    local = SemGradEvaluator(scorer=tiny_scorer).evaluate(query=question, response=answer)
+    assert remote.score is not None and local.score is not None
+    assert (remote.passing, remote.invalid_result) == (local.passing, local.invalid_result)
+    assert math.isclose(remote.score, local.score, rel_tol=1e-3)
+
+
+def test_a_lost_service_follows_the_adapters_failure_policy() -> None:
+    """Nothing listens on the port: ScorerUnavailableError, which fail-open passes and fail-closed routes."""
+    pytest.importorskip("langchain_semgrad")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_semgrad import SemGradGuard
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with RemoteScorer(f"http://127.0.0.1:{port}", connect_timeout=2) as gone:
+        for policy, route in (("fail_open", "pass"), ("fail_closed", "annotate")):
+            guard = SemGradGuard(FakeListChatModel(responses=["Paris."]), scorer=gone, on_scorer_error=policy)
+            result = guard.invoke("What is the capital of France?").response_metadata["semgrad"]
+            assert result["score"] is None and "ScorerUnavailableError" in result["scorer_error"], result
+            assert (result["route"], result["flagged"]) == (route, True)

@@ -29,6 +29,9 @@ from typing import Literal
 from semgrad_guard.evaluation.shapes import ShapePreset
 
 __all__ = [
+    "LAYER_WORKING_SET",
+    "LOGIT_TENSORS",
+    "NAIVE_WORKING_SET",
     "DepthFit",
     "fast_pass_flops",
     "fit_depths",
@@ -36,6 +39,7 @@ __all__ = [
     "graph_layer_bytes",
     "kv_cache_bytes",
     "layer_matrices",
+    "peak_bytes",
     "scored_layers",
     "weight_bytes",
 ]
@@ -144,6 +148,52 @@ def layer_matrices(shape: ShapePreset) -> int:
     query = shape.num_attention_heads * shape.head_dim
     kv = shape.num_key_value_heads * shape.head_dim
     return 2 * shape.hidden_size * (query + kv) + 3 * shape.hidden_size * shape.intermediate_size
+
+
+# Float32 answer x V tensors alive at the peak besides the two the graph keeps (the kept logits, the
+# entropy's terms, the logit gradients of both losses). In the committed CPU runs
+# (benchmarks/results/shapes/, report.md) the fast pass's peak leaves room for 4.2-6.5 of them where the
+# logits dominate (answers of 128 tokens, batches of 4); the top of that range is taken, so the model errs
+# high. One setting's measured peak moves by up to about 50 MiB between runs (the depth 2 and 8 memory runs
+# of qwen2.5-1.5b and qwen2.5-1.5b-memory measure the same settings), so no closer fit is meaningful.
+LOGIT_TENSORS = 6.5
+# One decoder layer's working set without a graph, in elements of (I + H) per token: what the prompt phase
+# of the fast pass (and a plain forward) holds besides the cache (the MLP's gate, up and product, the
+# residual stream, matmul scratch). The plain forward's peaks in the same runs put it at 3.4-6.6.
+LAYER_WORKING_SET = 5
+# The naive pass's backward working set beyond what autograd keeps, in elements of I per position: with
+# LOGIT_TENSORS it over-counts (the naive pass's memory runs are modelled 3% low to 44% high).
+NAIVE_WORKING_SET = 4
+
+
+def peak_bytes(
+    shape: ShapePreset,
+    mode: Mode,
+    *,
+    layers: int,
+    prompt: int,
+    answer: int,
+    batch: int = 1,
+    vocab: int | None = None,
+    s: int = 4,
+) -> int:
+    """Modelled peak memory a pass adds on top of the weights, in bytes.
+
+    Fast pass: the larger of its two phases. The graph phase holds the prompt's key/value cache twice (the
+    prefix copy and the cache the graph forward extends), what autograd keeps (:func:`graph_bytes`) and
+    :data:`LOGIT_TENSORS` further float32 ``answer x V`` tensors. The prompt phase holds one cache and one
+    layer's no-grad working set over the prompt (:data:`LAYER_WORKING_SET`). Naive pass: what autograd
+    keeps, the logit tensors and its backward's working set (:data:`NAIVE_WORKING_SET`).
+    """
+    v = vocab or shape.vocab_size
+    logits = batch * LOGIT_TENSORS * answer * v * 4
+    kept = graph_bytes(shape, mode, layers=layers, prompt=prompt, answer=answer, batch=batch, vocab=v, s=s)
+    if mode == "naive":
+        working = batch * (prompt + answer) * NAIVE_WORKING_SET * shape.intermediate_size * s
+        return int(kept + logits + working)
+    cache = kv_cache_bytes(shape, layers, prompt, batch, s)
+    working = batch * prompt * LAYER_WORKING_SET * (shape.intermediate_size + shape.hidden_size) * s
+    return int(max(2 * cache + kept + logits, cache + working))
 
 
 def fast_pass_flops(

@@ -9,15 +9,18 @@
 - the cost of K sampled answers (the sampling baselines) next to one score;
 - a FLOP estimate of the fast pass over the machine's measured matmul rate, the floor no code can beat.
 
-``SpeedConfig(shape=..., layers=...)`` runs the same tables on a random-weight model with a published
-architecture (:mod:`semgrad_guard.evaluation.shapes`) instead of a downloaded one. :func:`run_shape_speed`
-measures one shape at several reduced depths (and, where memory allows, at its published depth), fits the
-depth cost model of :mod:`semgrad_guard.evaluation.cost_model` and reports its error against the full-depth
-measurement.
+``SpeedConfig(shape=..., layers=...)`` (``--shape``) runs the same tables on a random-weight model with a
+published architecture (:mod:`semgrad_guard.evaluation.shapes`) instead of a downloaded one.
+:func:`run_shape_speed` (``--shape NAME --depths ...``) measures one shape at several reduced depths (and,
+where memory allows, at its published depth), fits the depth cost model of
+:mod:`semgrad_guard.evaluation.cost_model` and reports its error against the full-depth measurement.
+``python -m semgrad_guard.evaluation.speed FOLDER... --out report.md`` recomputes the modelled columns of
+stored shape runs and writes docs/performance.md's 7-8B tables (:func:`shapes_report`), loading no model.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -25,14 +28,14 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from semgrad_guard.evaluation import cost_model
@@ -56,9 +59,11 @@ from semgrad_guard.statistics import gradient_statistics
 __all__ = [
     "ShapeSpeedConfig",
     "SpeedConfig",
+    "rewrite_shape_results",
     "run_shape_speed",
     "run_speed",
     "shape_speed_markdown",
+    "shapes_report",
     "speed_markdown",
 ]
 
@@ -73,6 +78,14 @@ _ANSWER = (
     "The report says the northern office spent more than planned because of a delayed contract, and the "
     "committee asked it to revise the forecast for the next quarter before the end of the month."
 )
+
+
+def _known_shape(name: str) -> str:
+    preset(name)  # ValueError naming the presets
+    return name
+
+
+ShapeName = Annotated[str, AfterValidator(_known_shape)]
 
 
 class SpeedConfig(BaseModel):
@@ -91,13 +104,21 @@ class SpeedConfig(BaseModel):
     throughput_pairs: int = Field(default=48, ge=1)
     sampling_questions: int = Field(default=5, ge=1)
     samples: int = Field(default=10, ge=1)
-    shape: str | None = Field(
+    shape: ShapeName | None = Field(
         default=None,
         description="A preset of evaluation.shapes: random weights with that published architecture "
         "(instead of `model`); its scores mean nothing, its cost is the point.",
     )
     layers: int | None = Field(default=None, ge=2, description="Decoder layers of the shape (default: all).")
     sections: tuple[Section, ...] = ("latency", "self_scoring", "throughput", "sampling")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> SpeedConfig:
+        if self.shape is not None and self.model is not None:
+            raise ValueError("give a model or a shape, not both")
+        if self.layers is not None and self.shape is None:
+            raise ValueError("layers applies to a shape only")
+        return self
 
 
 def _median_seconds(run: Callable[[], Any], repeats: int) -> float:
@@ -326,7 +347,7 @@ def _throughput(scorer: SemGradScorer, config: SpeedConfig) -> list[dict[str, An
     for callers in tqdm(config.callers, desc="throughput", unit="setting"):
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=callers) as pool:
-            list(pool.map(lambda pair: scorer.score(*pair), pairs))
+            scores = list(pool.map(lambda pair: scorer.score(*pair), pairs))
         seconds = time.perf_counter() - start
         together = encoded[: min(callers, scorer.config.batch_size)]
 
@@ -338,6 +359,7 @@ def _throughput(scorer: SemGradScorer, config: SpeedConfig) -> list[dict[str, An
                 "callers": callers,
                 "pairs": len(pairs),
                 "answers_per_s": len(pairs) / seconds,
+                "reused": sum(score.reused for score in scores),  # 0: every answer paid for its pass
                 "pass_pairs": len(together),
                 "pass_s": _median_seconds(one_pass, 3),
             }
@@ -376,13 +398,18 @@ def _sampling(scorer: SemGradScorer, config: SpeedConfig) -> dict[str, Any]:
 def run_speed(config: SpeedConfig) -> dict[str, Any]:
     """Run every measurement and write ``speed.json`` and ``speed.md`` into ``config.out``."""
     torch.manual_seed(0)
+    # No reuse of recent pairs' scores: the throughput rounds score the same pairs again, and must pay.
     if config.shape is not None:
         target = resolve_device(config.device)
-        scorer = random_scorer(
-            config.shape, layers=config.layers, dtype=resolve_dtype(config.dtype, target), device=target
-        )
+        dtype = resolve_dtype(config.dtype, target)
+        scorer = random_scorer(config.shape, layers=config.layers, dtype=dtype, device=target, reuse_size=0)
     else:
-        scorer = SemGradScorer(config.model, device=config.device, dtype=config.dtype).load()  # type: ignore[arg-type]
+        scorer = SemGradScorer(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,  # type: ignore[arg-type]
+            reuse_size=0,
+        ).load()
     model = scorer.model
     parameter = model.get_input_embeddings().weight
     device, dtype = parameter.device, parameter.dtype
@@ -521,7 +548,7 @@ class ShapeSpeedConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     out: Path
-    shape: str = Field(description=f"A preset of evaluation.shapes: {', '.join(PRESETS)}.")
+    shape: ShapeName = Field(description=f"A preset of evaluation.shapes: {', '.join(PRESETS)}.")
     depths: tuple[int, ...] = Field(default=(2, 4), description="Reduced depths the cost model is fitted on.")
     full_depth: bool = Field(
         default=False, description="Also measure at the published depth (the cost model's check)."
@@ -681,18 +708,6 @@ def run_shape_speed(config: ShapeSpeedConfig) -> dict[str, Any]:
         }
         if memory and mode != "floor":
             row["saved_mib"] = counter.total / 2**20
-            row["saved_formula_mib"] = cost_model.mib(
-                cost_model.graph_bytes(
-                    spec,
-                    mode,
-                    layers=depth,
-                    prompt=prompt,
-                    answer=answer,
-                    batch=len(pairs),
-                    vocab=vocab,
-                    s=element,
-                )
-            )
         return row
 
     def pairs_for(length: int, answer_tokens: int, batch: int) -> list[EncodedPair]:
@@ -740,11 +755,40 @@ def run_shape_speed(config: ShapeSpeedConfig) -> dict[str, Any]:
         "rows": rows,
         "memory_sweep": sweep,
     }
+    config.out.mkdir(parents=True, exist_ok=True)
+    return _model_and_write(config.out, results)
+
+
+def rewrite_shape_results(folder: Path) -> dict[str, Any]:
+    """Recompute a run's modelled columns, summary and fits from its raw rows; rewrite its json and md.
+
+    For runs made before a change to :mod:`~semgrad_guard.evaluation.cost_model`: the measurements stay,
+    the model's columns follow the current code.
+    """
+    results = json.loads((Path(folder) / "shape.json").read_text(encoding="utf-8"))
+    return _model_and_write(Path(folder), results)
+
+
+def _model_and_write(folder: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Add the cost model's memory to each memory row, the summary and the depth fits; write json and md."""
+    spec = preset(results["shape"]["name"])
+    element = getattr(torch, results["dtype"]).itemsize
+    for row in [*results["rows"], *results["memory_sweep"]]:
+        if row["kind"] == "memory" and row["mode"] != "floor":
+            sizes: dict[str, Any] = {
+                "layers": row["depth"],
+                "prompt": row["prompt_tokens"],
+                "answer": row["answer_tokens"],
+                "batch": row["batch"],
+                "vocab": results["built_vocab"],
+                "s": element,
+            }
+            row["peak_model_mib"] = cost_model.mib(cost_model.peak_bytes(spec, row["mode"], **sizes))
+            row["saved_formula_mib"] = cost_model.mib(cost_model.graph_bytes(spec, row["mode"], **sizes))
     results["summary"] = _shape_summary(results)
     results["fits"] = _shape_fits(results)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "shape.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-    (config.out / "shape.md").write_text(shape_speed_markdown(results), encoding="utf-8")
+    (folder / "shape.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (folder / "shape.md").write_text(shape_speed_markdown(results), encoding="utf-8")
     return results
 
 
@@ -770,6 +814,7 @@ def _shape_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "seconds_spread": (max(seconds) - min(seconds)) / min(seconds),
                 "cpu_seconds": min(row["cpu_seconds"] for row in timing),
                 "peak_mib": memory["peak_mib"],
+                "peak_model_mib": memory.get("peak_model_mib"),
                 "saved_mib": memory.get("saved_mib"),
                 "saved_formula_mib": memory.get("saved_formula_mib"),
                 "kv_cache_mib": memory["kv_cache_mib"],
@@ -779,15 +824,19 @@ def _shape_summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     return summary
 
 
-def _shape_fits(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (prompt, mode): the depth fits of seconds and of peak memory, predicted at the published depth.
+def _shape_fits(results: dict[str, Any], depths: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Per (prompt, mode): the depth fits of seconds, predicted at the published depth.
+
+    (Peak memory is not linear in depth: the fast pass's peak is the larger of a depth-independent prompt
+    phase and its graph phase. It is modelled by ``cost_model.peak_bytes`` instead.)
 
     Seconds are fitted three ways: the fastest timing run (the primary fit), the median one, and process
     CPU seconds (less sensitive to other processes than wall time). Where the published depth was measured
-    too, each prediction's error is added.
+    too, each prediction's error is added. ``depths``: fit on these measured depths only (default: all the
+    reduced ones).
     """
     full = int(results["shape"]["num_hidden_layers"])
-    depths = sorted(set(results["config"]["depths"]))
+    depths = sorted(set(depths or results["config"]["depths"]))
     by_key = {(row["prompt_tokens"], row["depth"], row["mode"]): row for row in results["summary"]}
     fits = []
     for prompt in results["config"]["prompt_lengths"]:
@@ -795,7 +844,7 @@ def _shape_fits(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows = [by_key[(prompt, depth, mode)] for depth in depths]
             measured = by_key.get((prompt, full, mode)) if full not in depths else None
             fit: dict[str, Any] = {"prompt_tokens": prompt, "mode": mode, "depths": depths}
-            for field in ("seconds", "seconds_median", "cpu_seconds", "peak_mib"):
+            for field in ("seconds", "seconds_median", "cpu_seconds"):
                 values = [row[field] for row in rows]
                 if any(value is None for value in values):
                     fit[field] = None
@@ -838,53 +887,288 @@ def shape_speed_markdown(results: dict[str, Any]) -> str:
         f"**Measured** (answer {config['answer_tokens']} tokens, batch 1. Seconds: the fastest of "
         f"{config['repeats']} timing runs interleaved over depths, the median, and (max - min) / min; CPU s: "
         "the process's CPU seconds in the fastest. Peak: memory the call adds, MiB, from a separate memory "
-        "run (1 MiB mmap threshold). Saved: what autograd keeps for the backward, counted, and by "
-        "`cost_model.graph_bytes`. KV: one copy of the prompt's key/value cache):",
+        "run (1 MiB mmap threshold), and as `cost_model.peak_bytes` models it. Saved: what autograd keeps "
+        "for the backward, counted, and by `cost_model.graph_bytes`. KV: one copy of the prompt's key/value "
+        "cache):",
         "",
-        "| prompt | depth | mode | seconds | median | spread | CPU s | peak MiB | saved MiB | formula MiB "
-        "| KV MiB |",
-        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| prompt | depth | mode | seconds | median | spread | CPU s | peak MiB | model MiB | saved MiB "
+        "| formula MiB | KV MiB |",
+        "| ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in results["summary"]:
         lines.append(
             f"| {row['prompt_tokens']} | {row['depth']} | {row['mode']} | {row['seconds']:.2f} "
             f"| {row['seconds_median']:.2f} | {row['seconds_spread']:.0%} | {row['cpu_seconds']:.1f} "
-            f"| {_mib(row['peak_mib'])} | {_num(row['saved_mib'], 1)} | {_num(row['saved_formula_mib'], 1)} "
-            f"| {row['kv_cache_mib']:.1f} |"
+            f"| {_mib(row['peak_mib'])} | {_num(row.get('peak_model_mib'), 0)} | {_num(row['saved_mib'], 1)} "
+            f"| {_num(row['saved_formula_mib'], 1)} | {row['kv_cache_mib']:.1f} |"
         )
     depths = ", ".join(map(str, sorted(set(config["depths"]))))
     lines += [
         "",
-        f"**Depth cost model** (value = a + b x layers, least squares over depths {depths}; predicted at the "
-        f"published {shape['num_hidden_layers']} layers; error = predicted / measured - 1, where measured):",
+        f"**Depth cost model** (seconds = a + b x layers, least squares over depths {depths}; predicted at "
+        f"the published {shape['num_hidden_layers']} layers; error = predicted / measured - 1, where "
+        "measured; the median and CPU-seconds columns are the same fit on those measures):",
         "",
-        "| prompt | mode | a s | b s/layer | predicted s | measured s | error | error (median) "
-        "| error (CPU s) | peak a MiB | b MiB/layer | predicted peak MiB | measured peak MiB | error |",
-        "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| prompt | mode | a s | b s/layer | largest residual s | predicted s | measured s | error "
+        "| error (median) | error (CPU s) |",
+        "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for fit in results["fits"]:
-        seconds, peak = fit["seconds"], fit["peak_mib"] or {}
-        median, cpu = fit["seconds_median"], fit["cpu_seconds"]
+        seconds, median, cpu = fit["seconds"], fit["seconds_median"], fit["cpu_seconds"]
         lines.append(
             f"| {fit['prompt_tokens']} | {fit['mode']} | {seconds['a']:.2f} | {seconds['per_layer']:.3f} "
-            f"| {seconds['predicted']:.1f} | {_num(seconds['measured'], 2)} | {_pct(seconds['error'])} "
-            f"| {_pct(median['error'])} | {_pct(cpu['error'])} | {_num(peak.get('a'), 0)} "
-            f"| {_num(peak.get('per_layer'), 1)} | {_num(peak.get('predicted'), 0)} "
-            f"| {_num(peak.get('measured'), 0)} | {_pct(peak.get('error'))} |"
+            f"| {seconds['max_residual']:.2f} | {seconds['predicted']:.1f} | {_num(seconds['measured'], 2)} "
+            f"| {_pct(seconds['error'])} | {_pct(median['error'])} | {_pct(cpu['error'])} |"
         )
     if results["memory_sweep"]:
         lines += [
             "",
             "**Memory sweep** (one memory run each; peak = memory the call adds, MiB):",
             "",
-            "| prompt | answer | batch | depth | mode | seconds | peak MiB | saved MiB | formula MiB "
-            "| KV MiB |",
-            "| ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |",
+            "| prompt | answer | batch | depth | mode | seconds | peak MiB | model MiB | saved MiB "
+            "| formula MiB | KV MiB |",
+            "| ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in results["memory_sweep"]:
             lines.append(
                 f"| {row['prompt_tokens']} | {row['answer_tokens']} | {row['batch']} | {row['depth']} "
-                f"| {row['mode']} | {row['seconds']:.2f} | {_mib(row['peak_mib'])} | {row['saved_mib']:.1f} "
+                f"| {row['mode']} | {row['seconds']:.2f} | {_mib(row['peak_mib'])} "
+                f"| {_num(row.get('peak_model_mib'), 0)} | {row['saved_mib']:.1f} "
                 f"| {row['saved_formula_mib']:.1f} | {row['kv_cache_mib']:.1f} |"
             )
     return "\n".join([*lines, ""])
+
+
+# The GPU sizing rows of the report: (prompt, answer, batch), modelled in bfloat16.
+_SIZING = ((1024, 32, 1), (4096, 32, 1), (8192, 256, 1), (4096, 32, 8))
+
+
+def shapes_report(folders: Sequence[Path], *, check_depths: Sequence[int] = (2, 4)) -> str:
+    """The tables of docs/performance.md's 7-8B section, from :func:`run_shape_speed` result folders.
+
+    Measured rows come from the runs; modelled rows from their depth fits (time, this CPU) and from
+    :func:`~semgrad_guard.evaluation.cost_model.peak_bytes` (memory). Where a run measured its published
+    depth, the time model is refitted on ``check_depths`` alone (what the 7-8B runs could measure) and its
+    error reported beside the fit on all reduced depths. Timings of a (preset, prompt, depth) come from the
+    first folder that measured it: a later folder (a memory sweep) adds only what earlier ones lack.
+    """
+    runs = [json.loads((Path(folder) / "shape.json").read_text(encoding="utf-8")) for folder in folders]
+    return "\n".join(
+        [
+            *_presets_table(),
+            *_measured_table(runs),
+            *_time_checks_table(runs, check_depths),
+            *_memory_table(runs),
+            *_cpu_model_table(runs),
+            *_gpu_sizing_table(),
+        ]
+    )
+
+
+def _presets_table() -> list[str]:
+    lines = [
+        "**Presets** (random weights, the published numbers of each config.json; `built vocab` = what the "
+        "scorer's SmolLM2 tokenizer needs, max(published, 49152)):",
+        "",
+        "| preset | source | hidden | heads / KV | feed-forward | vocab (built) | layers | parameters "
+        "| bf16 weights GiB |",
+        "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, spec in PRESETS.items():
+        vocab = max(spec.vocab_size, 49152)
+        lines.append(
+            f"| {name} | {spec.source} | {spec.hidden_size} | {spec.num_attention_heads} / "
+            f"{spec.num_key_value_heads} | {spec.intermediate_size} | {spec.vocab_size} ({vocab}) "
+            f"| {spec.num_hidden_layers} | {spec.parameters() / 1e9:.2f}B "
+            f"| {cost_model.weight_bytes(spec, s=2) / 2**30:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def _measured_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "**Measured on this CPU** (float32, batch 1, 32-token answer; seconds = the fastest of the timing "
+        "runs; CPU s = the process's CPU seconds in the fastest fast pass; peak = memory the call adds above "
+        "the weights, MiB):",
+        "",
+        "| preset | prompt | depth | runs | floor s | fast s | naive s | fast CPU s | fast / floor "
+        "| naive / fast | peak fast | peak naive |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    shown: set[tuple[str, int, int]] = set()
+    for run in runs:
+        name = run["shape"]["name"]
+        by_key = {(row["prompt_tokens"], row["depth"], row["mode"]): row for row in run["summary"]}
+        for prompt, depth in sorted({(row["prompt_tokens"], row["depth"]) for row in run["summary"]}):
+            if (name, prompt, depth) in shown:
+                continue
+            shown.add((name, prompt, depth))
+            cells = {mode: by_key.get((prompt, depth, mode)) for mode in ("floor", "fast", "naive")}
+            floor, fast, naive = (row["seconds"] if row else None for row in cells.values())
+            lines.append(
+                f"| {name} | {prompt} | {depth} | {run['config']['repeats']} | {_num(floor, 2)} "
+                f"| {_num(fast, 2)} | {_num(naive, 2)} "
+                f"| {_num(cells['fast'] and cells['fast']['cpu_seconds'], 1)} "
+                f"| {_num(fast / floor if fast and floor else None, 2)} "
+                f"| {_num(naive / fast if naive and fast else None, 2)} "
+                f"| {_num(cells['fast'] and cells['fast']['peak_mib'], 0)} "
+                f"| {_num(cells['naive'] and cells['naive']['peak_mib'], 0)} |"
+            )
+    return [*lines, ""]
+
+
+def _time_checks_table(runs: list[dict[str, Any]], check_depths: Sequence[int]) -> list[str]:
+    checks = []
+    for run in runs:
+        full = run["shape"]["num_hidden_layers"]
+        if not run["config"]["full_depth"]:
+            continue
+        for fit, small in zip(run["fits"], _shape_fits(run, check_depths), strict=True):
+            seconds, cpu, small_seconds = fit["seconds"], fit["cpu_seconds"], small["seconds"]
+            checks.append(
+                f"| {run['shape']['name']} | {fit['prompt_tokens']} | {fit['mode']} | {full} "
+                f"| {', '.join(map(str, fit['depths']))} | {seconds['predicted']:.1f} "
+                f"| {seconds['measured']:.1f} | {_pct(seconds['error'])} | {_pct(cpu['error'])} "
+                f"| {small_seconds['predicted']:.1f} | {_pct(small_seconds['error'])} "
+                f"| {_pct(small['cpu_seconds']['error'])} |"
+            )
+    if not checks:
+        return []
+    depths = ", ".join(map(str, check_depths))
+    return [
+        "**The time model against full-depth measurements** (seconds = a + b x layers, least squares over "
+        f"the fit depths and over depths {depths} alone; error = modelled / measured - 1, on the fastest "
+        "run's seconds and on its CPU seconds):",
+        "",
+        "| preset | prompt | mode | layers | fit depths | modelled s | measured s | error | error (CPU s) "
+        f"| modelled s ({depths}) | error | error (CPU s) |",
+        "| :--- | ---: | :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *checks,
+        "",
+    ]
+
+
+def _memory_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Measured against modelled peaks (each run's deepest rows, every sweep row) and the error range."""
+    lines = [
+        "**Peak memory, measured and modelled** (memory the pass adds above the weights, MiB, float32 "
+        "on this CPU; modelled = `cost_model.peak_bytes`; saved = what autograd keeps, counted, and "
+        "formula = `cost_model.graph_bytes`; each run's deepest depth and every row of the answer-length "
+        "and batch sweeps):",
+        "",
+        "| preset | depth | prompt | answer | batch | mode | measured | modelled | error | saved "
+        "| formula | KV cache |",
+        "| :--- | ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    errors = []
+    for run in runs:
+        memory = [row for row in run["rows"] if row["kind"] == "memory" and row["mode"] != "floor"]
+        deepest = max(row["depth"] for row in memory)
+        for row in [*memory, *run["memory_sweep"]]:
+            error = row["peak_model_mib"] / row["peak_mib"] - 1
+            errors.append(error)
+            if row in run["memory_sweep"] or row["depth"] == deepest:
+                lines.append(
+                    f"| {run['shape']['name']} | {row['depth']} | {row['prompt_tokens']} "
+                    f"| {row['answer_tokens']} | {row['batch']} | {row['mode']} | {row['peak_mib']:.0f} "
+                    f"| {row['peak_model_mib']:.0f} | {_pct(error)} | {row['saved_mib']:.1f} "
+                    f"| {row['saved_formula_mib']:.1f} | {row['kv_cache_mib']:.0f} |"
+                )
+    lines += [
+        "",
+        f"Over all {len(errors)} memory runs of these folders (every depth), the modelled peak is "
+        f"{_pct(min(errors))} to {_pct(max(errors))} off the measured one "
+        f"(median {_pct(statistics.median(errors))}).",
+        "",
+    ]
+    return lines
+
+
+def _cpu_model_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "**Modelled at full depth on this CPU** (float32, batch 1, 32-token answer; seconds from each run's "
+        "depth fit, peak from `cost_model.peak_bytes` above the weights):",
+        "",
+        "| preset | prompt | layers | fit depths | floor s | fast s | naive s | fast / floor | naive / fast "
+        "| weights GiB | peak fast GiB | peak naive GiB |",
+        "| :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    shown: set[tuple[str, int]] = set()
+    for run in runs:
+        spec = preset(run["shape"]["name"])
+        for prompt in run["config"]["prompt_lengths"]:
+            if (spec.name, prompt) in shown:
+                continue
+            shown.add((spec.name, prompt))
+            fits = {fit["mode"]: fit for fit in run["fits"] if fit["prompt_tokens"] == prompt}
+            floor, fast, naive = (
+                fits[mode]["seconds"]["predicted"] if mode in fits else None
+                for mode in ("floor", "fast", "naive")
+            )
+            fast_peak, naive_peak = (
+                cost_model.peak_bytes(
+                    spec,
+                    mode,
+                    layers=spec.num_hidden_layers,
+                    prompt=prompt,
+                    answer=run["config"]["answer_tokens"],
+                    vocab=run["built_vocab"],
+                )
+                / 2**30
+                for mode in ("fast", "naive")
+            )
+            lines.append(
+                f"| {spec.name} | {prompt} | {spec.num_hidden_layers} "
+                f"| {', '.join(map(str, sorted(set(run['config']['depths']))))} | {_num(floor, 1)} "
+                f"| {_num(fast, 1)} | {_num(naive, 1)} | {_num(fast / floor if fast and floor else None, 2)} "
+                f"| {_num(naive / fast if naive and fast else None, 2)} "
+                f"| {cost_model.weight_bytes(spec, vocab=run['built_vocab']) / 2**30:.1f} "
+                f"| {fast_peak:.2f} | {naive_peak:.2f} |"
+            )
+    return [*lines, ""]
+
+
+def _gpu_sizing_table() -> list[str]:
+    lines = [
+        "**Modelled GPU sizing, bfloat16 (not measured: no GPU was lent to this task)**: the weights plus "
+        "the peak of `cost_model.peak_bytes` at the published vocabulary (logits and statistics in float32), "
+        "GiB; TFLOP = the matmul work of one fast pass (`cost_model.fast_pass_flops`), not a time:",
+        "",
+        "| preset | prompt | answer | batch | weights | fast peak | naive peak | weights + fast "
+        "| weights + naive | fast TFLOP / pair |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("qwen2.5-7b", "llama-3.1-8b", "mistral-7b"):
+        spec = PRESETS[name]
+        weights = cost_model.weight_bytes(spec, s=2) / 2**30
+        for prompt, answer, batch in _SIZING:
+            fast, naive = (
+                cost_model.peak_bytes(
+                    spec, mode, layers=spec.num_hidden_layers, prompt=prompt, answer=answer, batch=batch, s=2
+                )
+                / 2**30
+                for mode in ("fast", "naive")
+            )
+            flops = cost_model.fast_pass_flops(
+                spec, layers=spec.num_hidden_layers, prompt=prompt, answer=answer
+            )
+            lines.append(
+                f"| {name} | {prompt} | {answer} | {batch} | {weights:.1f} | {fast:.2f} | {naive:.2f} "
+                f"| {weights + fast:.1f} | {weights + naive:.1f} | {flops / 1e12:.1f} |"
+            )
+    return [*lines, ""]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rewrite shape runs' modelled columns from their stored rows and write the 7-8B report."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folders", nargs="+", type=Path, help="bench-speed --depths output folders")
+    parser.add_argument("--out", type=Path, required=True, help="Markdown file for the report's tables")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        rewrite_shape_results(folder)
+    args.out.write_text(shapes_report(args.folders), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

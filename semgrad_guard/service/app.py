@@ -23,7 +23,7 @@ the event loop never runs a pass. Limits: a body over ``max_body_bytes`` or a ba
 ``BatchingConfig(max_queue, queue_timeout_s)``) is 429 with ``Retry-After``; with ``token`` set, ``/v1/*``
 wants ``Authorization: Bearer <token>`` (401 otherwise). The probes need no token.
 
-Run it with ``python -m semgrad_guard.service --model M --port 8000`` (see ``--help``), with
+Run it with ``semgrad-guard serve --model M --port 8000`` (see ``--help``), with
 ``uvicorn semgrad_guard.service.app:app_from_env --factory`` (settings from ``SEMGRAD_GUARD_*``
 variables), or on Ray Serve with :func:`semgrad_guard.service.ray_serve.deployment` (docs/scaling.md).
 """

@@ -1,4 +1,4 @@
-"""The ``serve`` command's arguments and runner, shared by ``python -m semgrad_guard.service`` and the CLI.
+"""The ``semgrad-guard serve`` command's options and runner, and the model options it shares with ``score``.
 
 Building the parser imports nothing heavy; :func:`run` imports the model library and the server when it
 runs.
@@ -10,26 +10,58 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, get_args
 
-__all__ = ["LOOPBACK", "add_arguments", "run"]
+from semgrad_guard.loading import DTypeName
+
+__all__ = [
+    "DTYPES",
+    "LOOPBACK",
+    "MODEL_HELP",
+    "add_arguments",
+    "add_model_arguments",
+    "run",
+    "scorer_options",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-DTYPES = ["auto", "float64", "float32", "bfloat16", "float16"]
+MODEL_HELP = (
+    "Hugging Face id, folder, .gguf file or a named model (qwen2.5-coder-1.5b; docs/models.md) "
+    "(default: embedded SmolLM2)"
+)
+DTYPES = list(get_args(DTypeName))
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the options that build the scorer (``score`` and ``serve``) to ``parser``; their group."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help=MODEL_HELP)
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    model.add_argument("--dtype", default="auto", choices=DTYPES)
+    model.add_argument("--profile", type=Path, help="a model profile saved as JSON")
+    model.add_argument("--batch-size", type=int, default=8, help="pairs per pass (default: 8)")
+    model.add_argument("--max-length", type=int, help="refuse pairs longer than this many tokens")
+    model.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
+    return model
+
+
+def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~semgrad_guard.SemGradScorer` keyword arguments of :func:`add_model_arguments`' options."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "profile": args.profile,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "trust_remote_code": args.trust_remote_code,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the serve command's options to ``parser`` (returned)."""
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="Hugging Face id, folder or .gguf file (default: embedded SmolLM2)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    model.add_argument("--dtype", default="auto", choices=DTYPES)
-    model.add_argument("--profile", type=Path, help="a model profile saved as JSON")
-    model.add_argument(
+    add_model_arguments(parser).add_argument(
         "--calibration", help="a calibration bundle JSON, or 'default' (default: the embedded model's)"
     )
-    model.add_argument("--batch-size", type=int, default=8, help="pairs per pass (default: 8)")
-    model.add_argument("--max-length", type=int, help="refuse pairs longer than this many tokens")
-    model.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model")
     http = parser.add_argument_group("service")
     http.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)"
@@ -67,12 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scorer = SemGradScorer(
             args.model,
-            device=args.device,
-            dtype=args.dtype,
-            profile=args.profile,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            trust_remote_code=args.trust_remote_code,
+            **scorer_options(args),
             calibration=args.calibration or ("default" if args.model is None else None),
             batching=BatchingConfig(max_queue=args.max_queue, queue_timeout_s=args.queue_timeout),
         ).load()

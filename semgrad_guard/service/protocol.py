@@ -7,7 +7,7 @@ model in this process, or a scorer service reached over HTTP.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from semgrad_guard.calibration import CalibrationBundle
@@ -25,8 +25,9 @@ class Scorer(Protocol):
     scored; ``errors="mark"`` returns it as a Score with ``valid=False`` in its place. Errors that are not
     the pair's (a full queue, an unreachable service) raise either way.
 
-    A static type only: it is not runtime-checkable, since ``isinstance`` would read the properties, which
-    load a model or call a service.
+    Not runtime-checkable, since ``isinstance`` would read the properties, which load a model or call a
+    service. As the type of a pydantic field (an adapter's ``scorer``), the value is checked to have every
+    member on its class, without reading any.
     """
 
     @property
@@ -65,6 +66,26 @@ class Scorer(Protocol):
     ) -> list[Score]:
         """Async :meth:`score_batch`."""
         ...
+
+    if not TYPE_CHECKING:  # for pydantic only: to type checkers, the protocol is the members above
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+            """Validate a field typed ``Scorer`` by the members of the value's class; it is kept as is."""
+            from pydantic_core import core_schema
+
+            return core_schema.no_info_plain_validator_function(_check_scorer)
+
+
+_MEMBERS = tuple(name for name in vars(Scorer) if not name.startswith("_"))
+
+
+def _check_scorer(value: object) -> object:
+    """``value`` itself, if its class has every member of :class:`Scorer` (no property is read)."""
+    missing = [name for name in _MEMBERS if not hasattr(type(value), name)]
+    if missing:
+        raise ValueError(f"not a scorer: {type(value).__name__} has no {', '.join(missing)}")
+    return value
 
 
 if TYPE_CHECKING:  # mypy proves both scorers satisfy the protocol

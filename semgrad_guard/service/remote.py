@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import time
 import weakref
@@ -116,7 +117,8 @@ class RemoteScorer:
         max_retries: how many times to retry a request the service refused as busy (429) or unavailable
             (503, no connection), waiting what ``Retry-After`` says or a doubling backoff. Default 0: the
             error reaches the caller at once, whose policy decides.
-        transport, async_transport: httpx transports (tests: ``httpx.ASGITransport(app)`` for async).
+        transport: the httpx transport of the sync client (default: the network).
+        async_transport: the httpx transport of the async clients (tests: ``httpx.ASGITransport(app)``).
         headers: extra headers sent with every request.
 
     The scoring methods, ``model_name``, ``profile`` and ``calibration`` match
@@ -159,6 +161,25 @@ class RemoteScorer:
         )
         self._lock = threading.Lock()
         self._info: Info | None = None
+
+    @classmethod
+    def from_env(cls) -> RemoteScorer:
+        """A scorer for the service ``SEMGRAD_GUARD_URL`` names (the default scorer when it is set).
+
+        ``SEMGRAD_GUARD_TOKEN`` is its bearer token; ``SEMGRAD_GUARD_TIMEOUT`` the seconds to wait for an
+        answer (default 60; ``none``: no limit).
+        """
+        url = os.environ.get("SEMGRAD_GUARD_URL", "")
+        if not url:
+            raise ValueError("SEMGRAD_GUARD_URL is not set: it names the scorer service, http://host:port")
+        timeout = os.environ.get("SEMGRAD_GUARD_TIMEOUT", "60")
+        try:
+            seconds = None if timeout.strip().lower() == "none" else float(timeout)
+        except ValueError:
+            raise ValueError(f"SEMGRAD_GUARD_TIMEOUT is seconds or 'none', not {timeout!r}") from None
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"SEMGRAD_GUARD_TIMEOUT must be positive, not {timeout!r}")
+        return cls(url, token=os.environ.get("SEMGRAD_GUARD_TOKEN") or None, timeout=seconds)
 
     def __repr__(self) -> str:
         """The URL, never the token."""

@@ -8,6 +8,7 @@ reports its input on start and its output on end, so the guard scores the prompt
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -31,12 +32,16 @@ class ModelCall(NamedTuple):
 
 
 class ModelCalls(BaseCallbackHandler):
-    """Records the chat-model and LLM calls of one run, in start order (thread-safe, called inline)."""
+    """Records the chat-model and LLM calls of one run, in start order (thread-safe, called inline).
+
+    ``to_prompt`` turns a chat call's messages into the prompt kept (the agent middleware keeps tool calls).
+    """
 
     run_inline = True  # in the async manager too: no executor hop, events arrive in order
 
-    def __init__(self) -> None:
+    def __init__(self, to_prompt: Callable[[Sequence[BaseMessage]], Prompt] = messages_to_prompt) -> None:
         super().__init__()
+        self._to_prompt = to_prompt
         self._lock = threading.Lock()
         self._calls: dict[UUID, ModelCall] = {}
 
@@ -56,7 +61,7 @@ class ModelCalls(BaseCallbackHandler):
     ) -> None:
         """Record the messages the chat model received."""
         if messages:
-            self._start(run_id, parent_run_id, messages_to_prompt(messages[0]))
+            self._start(run_id, parent_run_id, self._to_prompt(messages[0]))
 
     def on_llm_start(
         self,

@@ -23,7 +23,7 @@ from langchain_core.callbacks import (
 )
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
-from semgrad_guard import SemGradScorer
+from semgrad_guard import Scorer
 from semgrad_guard.prompts import Prompt
 
 END = object()
@@ -45,7 +45,7 @@ class Invoke(NamedTuple):
 class ScoreAnswer(NamedTuple):
     """Score ``(prompt, text)``, failing after ``timeout`` seconds (``None``: no limit); gets the Score."""
 
-    scorer: SemGradScorer
+    scorer: Scorer
     prompt: Prompt
     text: str
     timeout: float | None

@@ -22,6 +22,8 @@ __all__ = [
     "as_chunk",
     "as_documents",
     "attach",
+    "calls_tools_only",
+    "detach",
     "input_to_prompt",
     "messages_to_prompt",
     "query_of",
@@ -105,6 +107,9 @@ def as_chunk(output: Any) -> Any:
             additional_kwargs=output.additional_kwargs,
             response_metadata=output.response_metadata,
             usage_metadata=output.usage_metadata,
+            tool_calls=output.tool_calls,
+            invalid_tool_calls=output.invalid_tool_calls,
+            name=output.name,
             id=output.id,
         )
     return output
@@ -117,9 +122,30 @@ def replace_text(output: Any, text: str) -> Any:
     return text
 
 
-def attach(output: Any, key: str, data: dict[str, Any]) -> Any:
-    """A copy of a message with ``data`` under ``response_metadata[key]``; a string comes back unchanged."""
+def attach(output: Any, key: str, history_key: str, data: dict[str, Any]) -> Any:
+    """A copy of a message with ``data`` under ``response_metadata[key]`` and appended to ``[history_key]``.
+
+    The list keeps every nested guard's record, innermost first; a string comes back unchanged.
+    """
     if isinstance(output, BaseMessage):
-        metadata = {**output.response_metadata, key: data}
+        history = [*output.response_metadata.get(history_key, []), data]
+        metadata = {**output.response_metadata, key: data, history_key: history}
         return output.model_copy(update={"response_metadata": metadata})
     return output
+
+
+def detach(output: Any, key: str) -> Any:
+    """A message without ``response_metadata[key]`` (a copy when it had one); anything else unchanged.
+
+    A streamed chunk that carries an inner guard's decision under ``key`` would otherwise be merged (``+``)
+    with the outer guard's own, field by field, into nonsense.
+    """
+    if isinstance(output, BaseMessage) and key in output.response_metadata:
+        metadata = {k: v for k, v in output.response_metadata.items() if k != key}
+        return output.model_copy(update={"response_metadata": metadata})
+    return output
+
+
+def calls_tools_only(output: Any) -> bool:
+    """An AI message that only asks for tool calls (no text): an agent step, not an answer to score."""
+    return isinstance(output, AIMessage) and bool(output.tool_calls) and not output.text.strip()

@@ -2,8 +2,10 @@
 
 The prompt is taken from ``on_chat_model_start`` / ``on_llm_start`` and the answer from ``on_llm_end``; each
 result goes to a user hook, to the custom event ``"semgrad_score"`` (when the call runs inside a chain), and
-to a bounded map queryable by run id. A prompt waits in a run-keyed map under a lock between start and end
-and is dropped on end or error, so concurrent runs never see each other's data and errors leave nothing.
+to a bounded map queryable by run id: the model call's own, or that of any chain, tool or retriever run
+above it. A prompt waits in a run-keyed map under a lock between start and end and is dropped on end or
+error, so concurrent runs never see each other's data and errors leave nothing. An AI message that only
+calls tools (an agent step) is not an answer: it is skipped, without a warning.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from langchain_core.callbacks import (
     dispatch_custom_event,
 )
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import LLMResult
+from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, ConfigDict
 
-from langchain_semgrad._messages import messages_to_prompt
-from semgrad_guard import RawField, Score, SemGradScorer, default_scorer
+from langchain_semgrad._messages import calls_tools_only, messages_to_prompt
+from semgrad_guard import RawField, Score, Scorer, default_scorer
 from semgrad_guard.prompts import Prompt
 
 __all__ = ["AsyncSemGradCallbackHandler", "ScoredRun", "SemGradCallbackHandler"]
 
 logger = logging.getLogger(__name__)
+
+LINKS_PER_RESULT = 16
+"""Parent links (run -> parent run) kept per kept result, for :meth:`get` by an ancestor's run id."""
 
 
 class ScoredRun(BaseModel):
@@ -59,7 +64,7 @@ class _ScoringState:
 
     def __init__(
         self,
-        scorer: SemGradScorer | None = None,
+        scorer: Scorer | None = None,
         *,
         on_score: ScoreHook | None = None,
         max_results: int = 1000,
@@ -79,11 +84,19 @@ class _ScoringState:
         self._lock = threading.Lock()
         self._prompts: dict[UUID, Prompt] = {}
         self._results: OrderedDict[UUID, ScoredRun] = OrderedDict()
+        self._parents: OrderedDict[UUID, UUID | None] = OrderedDict()  # recent runs' parents
+        self._below: OrderedDict[UUID, UUID] = OrderedDict()  # an ancestor -> its last scored model run
 
     def get(self, run_id: UUID) -> ScoredRun | None:
-        """The result of a recent run (the last ``max_results`` are kept), or ``None``."""
+        """The result of a recent model call (the last ``max_results`` are kept), or ``None``.
+
+        ``run_id`` is the model call's run id, or that of any run above it: the chain you invoked with
+        ``{"run_id": ...}``, a tool, a retriever. Then it is the last model call scored below that run.
+        """
         with self._lock:
-            return self._results.get(run_id)
+            found = self._results.get(run_id)
+            below = self._below.get(run_id)
+            return found if found is not None or below is None else self._results.get(below)
 
     @property
     def results(self) -> list[ScoredRun]:
@@ -97,8 +110,18 @@ class _ScoringState:
         with self._lock:
             return len(self._prompts)
 
-    def _scorer(self) -> SemGradScorer:
+    def _scorer(self) -> Scorer:
         return self.scorer if self.scorer is not None else default_scorer()
+
+    def _link(self, run_id: UUID, parent_run_id: UUID | None) -> None:
+        """Remember a run's parent, so a score can be found by any ancestor's run id."""
+        with self._lock:
+            self._parents[run_id] = parent_run_id
+            self._trim(self._parents)
+
+    def _trim(self, links: OrderedDict[UUID, Any]) -> None:
+        while len(links) > LINKS_PER_RESULT * self.max_results:
+            links.popitem(last=False)
 
     def _begin(self, run_id: UUID, prompt: Prompt) -> None:
         with self._lock:
@@ -109,12 +132,19 @@ class _ScoringState:
             self._prompts.pop(run_id, None)
 
     def _end(self, run_id: UUID, response: LLMResult) -> tuple[Prompt, str] | None:
-        """Take the run's prompt out of the map and pair it with the first generation's text."""
+        """Take the run's prompt out of the map and pair it with the first generation's text.
+
+        ``None`` when there is nothing to score: no prompt or generation, or a message that only calls tools.
+        """
         with self._lock:
             prompt = self._prompts.pop(run_id, None)
         if prompt is None or not response.generations or not response.generations[0]:
             return None
-        return prompt, response.generations[0][0].text
+        generation = response.generations[0][0]
+        if isinstance(generation, ChatGeneration) and calls_tools_only(generation.message):
+            logger.debug("run %s only calls tools: not scored", run_id)
+            return None
+        return prompt, generation.text
 
     def _record(
         self, run_id: UUID, parent_run_id: UUID | None, pair: tuple[Prompt, str], attempt: Score | Exception
@@ -145,6 +175,15 @@ class _ScoringState:
             self._results[run_id] = scored
             while len(self._results) > self.max_results:
                 self._results.popitem(last=False)
+            ancestor, seen = parent_run_id, set()
+            while ancestor is not None and ancestor not in seen:  # every run above: this is its latest
+                seen.add(ancestor)
+                self._below[ancestor] = run_id
+                self._below.move_to_end(ancestor)
+                if ancestor in self._parents:  # an active run's link is kept longest
+                    self._parents.move_to_end(ancestor)
+                ancestor = self._parents.get(ancestor)
+            self._trim(self._below)
         return scored
 
 
@@ -176,6 +215,42 @@ class SemGradCallbackHandler(_ScoringState, BaseCallbackHandler):
     ) -> None:
         """Remember the text prompt (one user turn) until the run ends."""
         self._begin(run_id, prompts[0])
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the chain run to its parent (for :meth:`get` by an ancestor's run id)."""
+        self._link(run_id, parent_run_id)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the tool run to its parent (an agent's model calls can run inside tools)."""
+        self._link(run_id, parent_run_id)
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the retriever run to its parent (a retriever may call a model, e.g. to rewrite the query)."""
+        self._link(run_id, parent_run_id)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Drop the failed run's prompt."""
@@ -221,6 +296,42 @@ class AsyncSemGradCallbackHandler(_ScoringState, AsyncCallbackHandler):
     ) -> None:
         """Remember the text prompt (one user turn) until the run ends."""
         self._begin(run_id, prompts[0])
+
+    async def on_chain_start(
+        self,
+        serialized: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the chain run to its parent (for :meth:`get` by an ancestor's run id)."""
+        self._link(run_id, parent_run_id)
+
+    async def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the tool run to its parent (an agent's model calls can run inside tools)."""
+        self._link(run_id, parent_run_id)
+
+    async def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Link the retriever run to its parent (a retriever may call a model, e.g. to rewrite the query)."""
+        self._link(run_id, parent_run_id)
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Drop the failed run's prompt."""

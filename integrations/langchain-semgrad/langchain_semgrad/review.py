@@ -21,6 +21,8 @@ Files:
     The queue creates a missing database file with mode 0600, and missing folders above it with mode 0700:
     the queue holds users' prompts and answers. Files and folders that already exist are left as they are.
     ``ReviewQueue(path, create=False)`` (what the command line uses) opens an existing queue only.
+    Each ``add`` and ``resolve`` is one SQLite transaction, kept once it returns even if the process is
+    killed right after. Text SQLite cannot store (a lone surrogate) is kept with U+FFFD in its place.
 """
 
 from __future__ import annotations
@@ -181,10 +183,10 @@ class ReviewQueue:
             id=uuid.uuid4().hex,
             created_at=datetime.now(timezone.utc),
             status="pending",
-            prompt=prompt if isinstance(prompt, str) else [dict(m) for m in prompt],
-            answer=answer,
+            prompt=valid_unicode(prompt if isinstance(prompt, str) else [dict(m) for m in prompt]),
+            answer=valid_unicode(answer),
             score=score,
-            details=dict(details or {}),
+            details=valid_unicode(json.loads(json.dumps(dict(details or {}), default=str))),
         )
         with self._connect() as conn:
             conn.execute(
@@ -206,7 +208,9 @@ class ReviewQueue:
     def get(self, item_id: str) -> ReviewItem:
         """The item with this id; ``KeyError`` if there is none, ``ReviewQueueError`` if it is unreadable."""
         with self._connect() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM {_TABLE} WHERE id = ?", (item_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_TABLE} WHERE id = ?", (valid_unicode(item_id),)
+            ).fetchone()
         if row is None:
             raise KeyError(f"no review item {item_id!r} in {self.path}")
         try:
@@ -264,11 +268,25 @@ class ReviewQueue:
             updated = conn.execute(
                 f"UPDATE {_TABLE} SET status = 'resolved', resolution = ?, resolved_at = ? "
                 "WHERE id = ? AND status = 'pending'",
-                (resolution, now, item_id),
+                (valid_unicode(resolution), now, item_id),
             ).rowcount
         if not updated:  # resolved by someone else since it was read
             raise AlreadyResolvedError(f"review item {item_id!r} was resolved meanwhile; left as it is")
         return self.get(item_id)
+
+
+def valid_unicode(value: Any) -> Any:
+    """``value`` with every string in it made valid Unicode, so SQLite can store it and JSON write it.
+
+    A lone surrogate (from undecodable input or a broken escape) becomes U+FFFD; a surrogate pair is joined.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [valid_unicode(item) for item in value]
+    if isinstance(value, dict):
+        return {valid_unicode(key): valid_unicode(item) for key, item in value.items()}
+    return value
 
 
 def _read_write_uri(path: Path) -> str:
@@ -287,10 +305,10 @@ def _item(row: Sequence[Any]) -> ReviewItem:
             id=item_id,
             created_at=datetime.fromisoformat(created),
             status=status,
-            prompt=json.loads(prompt),
+            prompt=valid_unicode(json.loads(prompt)),  # rows written before text was made storable
             answer=answer,
             score=Score.model_validate_json(score) if score else None,
-            details=json.loads(details),
+            details=valid_unicode(json.loads(details)),
             resolution=resolution,
             resolved_at=datetime.fromisoformat(resolved) if resolved else None,
         )

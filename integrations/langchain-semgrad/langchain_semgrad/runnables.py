@@ -1,9 +1,10 @@
 """`SemGradGuard`: runs the answering step, scores its answer, and routes an untrusted answer by policy.
 
 The guard keeps the answering step's output type (a chat model's message stays a message, a chain's string
-stays a string). Message outputs carry a :class:`GuardResult` under ``response_metadata["semgrad"]``; every
-call also publishes it as the custom event ``"semgrad_guard"`` (visible to callback handlers and in
-``astream_events``), which is where string outputs report it.
+stays a string). Message outputs carry a :class:`GuardResult` under ``response_metadata["semgrad"]`` (this
+guard's) and ``response_metadata["semgrad_guards"]`` (every nested guard's, innermost first); every call
+also publishes it as the custom event ``"semgrad_guard"`` and as the traced child run ``semgrad_decision``,
+which is where string outputs report it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessageChunk, BaseMessageChunk
 from langchain_core.prompts import BasePromptTemplate
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSequence, RunnableSerializable
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from typing_extensions import Self
 
 from langchain_semgrad._capture import ModelCalls
@@ -41,22 +42,29 @@ from langchain_semgrad._messages import (
     as_chunk,
     as_documents,
     attach,
+    calls_tools_only,
+    detach,
     input_to_prompt,
     query_of,
     replace_text,
     with_context,
 )
-from langchain_semgrad.review import ReviewQueue, ReviewQueueError
+from langchain_semgrad.review import ReviewQueue, ReviewQueueError, valid_unicode
 from semgrad_guard import (
     InvalidInputError,
     NoThresholdError,
     RawField,
     Score,
+    Scorer,
     SemGradError,
-    SemGradScorer,
     default_scorer,
 )
 from semgrad_guard.prompts import Prompt
+
+if TYPE_CHECKING:
+    from langchain_core.runnables.graph import Graph
+    from langchain_core.runnables.utils import ConfigurableFieldSpec
+    from langchain_core.utils.pydantic import TypeBaseModel
 
 __all__ = ["GuardResult", "LowConfidenceError", "SemGradGuard"]
 
@@ -64,9 +72,11 @@ logger = logging.getLogger(__name__)
 
 Policy = Literal["retrieve", "fallback", "human", "raise", "annotate"]
 """What the guard does with a low-confidence answer."""
+AgentPolicy = Literal["fallback", "human", "retry", "raise", "annotate"]
+"""What ``SemGradMiddleware`` does with a low-confidence final answer of an agent."""
 PromptSource = Literal["model_call", "reconstructed"]
 """Where the scored prompt came from: the model call that gave the answer, or rebuilt from the input."""
-Route = Literal["pass", "annotate", "retrieve", "fallback", "human", "raise"]
+Route = Literal["pass", "annotate", "retrieve", "fallback", "human", "raise", "retry"]
 """What the guard did: ``"pass"`` means the answer was trusted (or the scorer failed open)."""
 ScorerErrorPolicy = Literal["fail_open", "fail_closed"]
 """``"fail_open"``: pass the answer through, flagged. ``"fail_closed"``: route it as low-confidence."""
@@ -74,6 +84,8 @@ ReviewHandler = Callable[[Prompt, str, "Score | None"], "str | None"]
 """A custom human-review step: ``(prompt, answer, score) -> replacement answer or None (holding answer)``."""
 
 METADATA_KEY = "semgrad"
+GUARDS_KEY = "semgrad_guards"
+TOOL_CALLS_ONLY = "the answer only calls tools (an agent step): there is no text to score"
 CONTEXT_TEMPLATE = "Read this text and answer the question.\n\nText: {context}\n\nQuestion: {question}"
 _REROUTES = ("retrieve", "fallback")
 _GRADIENT_FIELDS = ("semgrad", "hybridgrad", "param_grad", "exgrad", "semgrad_para")
@@ -109,7 +121,7 @@ def check_decision(
             f"threshold={threshold} on threshold_field={threshold_field!r} (a raw gradient norm, about "
             f"1e-5 to 1e-3) would flag no answer: it looks like a risk. Use {owner}(..., "
             f"max_risk={threshold}) for the calibrated probability of being wrong, or a raw threshold on "
-            f"this field's own scale (e.g. threshold=2e-5, threshold_field={threshold_field!r})"
+            f"this field's own scale (e.g. threshold=4.4e-5, threshold_field={threshold_field!r})"
         )
 
 
@@ -118,10 +130,15 @@ class GuardResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    policy: Policy
+    policy: Policy | AgentPolicy
     route: Route
     flagged: bool
-    """The first answer was low-confidence, or could not be scored."""
+    """The first answer was low-confidence, or could not be scored (not when deliberately ``not_scored``)."""
+    guard: str | None = None
+    """The guard's name (``name=``, default ``"SemGradGuard"``): tells nested guards' records apart."""
+    not_scored: str | None = None
+    """Why the first answer was deliberately not scored: an AIMessage that only calls tools (an agent
+    step) passes through unflagged, without a warning."""
     low_confidence: bool | None
     """The first answer's verdict (``None`` when the scorer failed)."""
     score: Score | None
@@ -146,6 +163,13 @@ class GuardResult(BaseModel):
     """The first answer's calibrated probability of being wrong (``None`` without calibration)."""
     confidence: float | None = None
     """``1 - risk``."""
+
+    @field_validator("scored_prompt", "final_scored_prompt", mode="before")
+    @classmethod
+    def _valid_unicode(cls, prompt: Any) -> Any:
+        """Lone surrogates (undecodable input) become U+FFFD, so a hostile prompt never breaks the record."""
+        return valid_unicode(prompt)
+
     review_id: str | None = None
     review_error: str | None = None
     """The review queue failure on the ``human`` route (it could not be opened or written), with the
@@ -174,6 +198,8 @@ class _Verdict(NamedTuple):
     low_confidence: bool | None
     error: str | None
     untrusted: bool
+    skipped: str | None = None
+    """Why the answer was not scored on purpose (then nothing else is set)."""
 
 
 class _FirstPass(NamedTuple):
@@ -187,6 +213,134 @@ class _FirstPass(NamedTuple):
     route: Route
 
 
+class GuardCore:
+    """The decision half of a guard, shared by :class:`SemGradGuard` and ``SemGradMiddleware``.
+
+    The decision rule (``max_risk`` or a named raw ``threshold``), the scorer-failure policy, scoring as an
+    effect, the :class:`GuardResult` and its publication. A subclass holds the settings named below and adds
+    the step it guards (a runnable, or an agent's model turn).
+    """
+
+    if TYPE_CHECKING:
+        policy: Policy | AgentPolicy
+        max_risk: float | None
+        threshold: float | None
+        threshold_field: RawField | None
+        on_scorer_error: ScorerErrorPolicy
+        scorer_timeout: float | None
+        scorer: Scorer | None
+        event_name: str
+
+        def get_name(self) -> str:
+            """The name each GuardResult carries (``guard``)."""
+            ...
+
+    def _verdict(self, attempt: Score | Exception) -> _Verdict:
+        """Judge one scoring attempt; a failure follows ``on_scorer_error`` (a missing threshold raises)."""
+        if isinstance(attempt, Score):
+            try:
+                low = self._untrusted(attempt)
+            except NoThresholdError:
+                raise
+            except SemGradError as exc:
+                attempt = exc
+            else:
+                return _Verdict(attempt, low, None, low)
+        closed, reason = self._failed("scoring", "routing as low-confidence", attempt)
+        return _Verdict(None, None, reason, closed)
+
+    def _failed(self, what: str, closed_action: str, exc: Exception) -> tuple[bool, str]:
+        """Log a failure ``on_scorer_error`` decides; whether it fails closed, and the reason to record."""
+        closed = self.on_scorer_error == "fail_closed"
+        reason = f"{type(exc).__name__}: {exc} ({self.on_scorer_error})"
+        outcome = f"failing closed ({closed_action})" if closed else "failing open (passing, flagged)"
+        logger.warning("SemGrad %s failed, %s: %s", what, outcome, reason)
+        return closed, reason
+
+    def _untrusted(self, score: Score) -> bool:
+        """The decision: ``max_risk`` on the calibrated risk, else the raw threshold or the calibration."""
+        if self.max_risk is None:
+            return score.untrusted(self.threshold, self.threshold_field or "semgrad")
+        if not score.valid:
+            raise InvalidInputError(f"this pair was not scored: {score.invalid_reason}")
+        if score.risk is None:
+            raise NoThresholdError(
+                "max_risk= decides on the calibrated risk, and this scorer has no calibration: load one "
+                "(SemGradScorer(..., calibration=...)) or pass threshold= with threshold_field="
+            )
+        return score.risk > self.max_risk
+
+    def _result(self, first: _FirstPass, final: _Verdict | None, **extra: Any) -> GuardResult:
+        return GuardResult(
+            policy=self.policy,
+            route=first.route,
+            flagged=first.verdict.low_confidence is not False and first.verdict.skipped is None,
+            guard=self.get_name(),
+            not_scored=first.verdict.skipped,
+            low_confidence=first.verdict.low_confidence,
+            score=first.verdict.score,
+            final_score=final.score if final is not None else None,
+            final_low_confidence=final.low_confidence if final is not None else None,
+            scorer_error=first.verdict.error or (final.error if final is not None else None),
+            scored_prompt=first.prompt,
+            scored_prompt_source=first.source,
+            scored_prompt_tokens=first.verdict.score.n_prompt_tokens if first.verdict.score else None,
+            risk=first.verdict.score.risk if first.verdict.score else None,
+            confidence=first.verdict.score.confidence if first.verdict.score else None,
+            **extra,
+        )
+
+    def _rejected(self, first: _FirstPass) -> LowConfidenceError:
+        result = self._result(first, first.verdict)
+        field = "risk" if self.max_risk is not None or self.threshold is None else self.threshold_field
+        detail = first.verdict.error or f"{field}={getattr(first.verdict.score, field or 'risk')}"
+        return LowConfidenceError(f"low-confidence answer ({detail})", result=result, answer=first.answer)
+
+    def _publish(self, result: GuardResult) -> Steps[dict[str, Any]]:
+        """Publish the decision where people look: the custom event, and a traced child run.
+
+        The child run ``semgrad_decision`` of the guard's run is tagged ``semgrad:<route>`` (plus
+        ``semgrad:flagged``) and its metadata has route, risk, confidence and flagged, so tracers
+        (LangSmith, Langfuse, ``astream_events``) show the decision; its output is the whole GuardResult.
+        """
+        data = result.model_dump(mode="json")
+        yield Dispatch(self.event_name, data)
+        tags = [f"semgrad:{result.route}"] + (["semgrad:flagged"] if result.flagged else [])
+        metadata = {
+            "semgrad_route": result.route,
+            "semgrad_risk": result.risk,
+            "semgrad_confidence": result.confidence,
+            "semgrad_flagged": result.flagged,
+        }
+        yield Trace("semgrad_decision", data, tags, metadata)
+        return data
+
+    def _first_pass(
+        self, input_: Any, prompt: Prompt, source: PromptSource, answer: Any
+    ) -> Steps[_FirstPass]:
+        """Judge the first answer and pick its route; the ``raise`` route publishes and raises here."""
+        verdict = yield from self._judge(prompt, answer)
+        route: Route = self.policy if verdict.untrusted else "pass"
+        first = _FirstPass(input_, prompt, source, answer, verdict, route)
+        if route == "raise":
+            error = self._rejected(first)
+            yield from self._publish(error.result)
+            raise error
+        return first
+
+    def _judge(self, prompt: Prompt, answer: Any) -> Steps[_Verdict]:
+        """Score one answer; a scorer failure or timeout (any error) follows ``on_scorer_error``."""
+        if calls_tools_only(answer):
+            return _Verdict(None, None, None, untrusted=False, skipped=TOOL_CALLS_ONLY)
+        scorer = self.scorer if self.scorer is not None else default_scorer()
+        try:
+            text = answer_text(answer) if answer is not None else ""
+            score = yield ScoreAnswer(scorer, prompt, text, self.scorer_timeout)
+        except Exception as exc:  # the scorer's failures go to on_scorer_error, whatever they are
+            return self._verdict(exc)
+        return self._verdict(score)
+
+
 _queue_lock = threading.Lock()
 
 
@@ -197,7 +351,7 @@ def _default_queue() -> ReviewQueue:
         return ReviewQueue()
 
 
-class SemGradGuard(RunnableSerializable[Any, Any]):
+class SemGradGuard(RunnableSerializable[Any, Any], GuardCore):
     """Wraps an answering step, scores each (prompt, answer) with SemGrad, and routes untrusted answers.
 
     Attributes:
@@ -242,7 +396,7 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
     holding_answer: str = "A reviewer will check this answer and get back to you."
     on_scorer_error: ScorerErrorPolicy = "fail_open"
     scorer_timeout: float | None = None
-    scorer: SemGradScorer | None = None
+    scorer: Scorer | None = None
     prompt: Runnable[Any, Any] | None = None
     input_key: str = "question"
     context_key: str = "context"
@@ -270,6 +424,16 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
             self.prompt = runnable.first if isinstance(runnable.first, BasePromptTemplate) else None
         return self
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Serializable with ``dumpd``/``loads`` when every part given is.
+
+        A ``scorer``, ``review_queue`` or ``review_handler`` (live objects) is written as not serializable,
+        and ``loads`` then refuses it (``NotImplementedError``).
+        """
+        return True
+
+    # ------------------------------------------------------- the wrapped step's conventions pass through
     @property
     def InputType(self) -> Any:
         """The answering step's input type."""
@@ -279,6 +443,23 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
     def OutputType(self) -> Any:
         """The answering step's output type: the guard does not change it."""
         return self.runnable.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> TypeBaseModel:
+        """The answering step's input schema."""
+        return self.runnable.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> TypeBaseModel:
+        """The answering step's output schema."""
+        return self.runnable.get_output_schema(config)
+
+    @property
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        """The answering step's configurable fields."""
+        return self.runnable.config_specs
+
+    def get_graph(self, config: RunnableConfig | None = None) -> Graph:
+        """The answering step's graph: the guard adds no node of its own (as ``RunnableBinding``)."""
+        return self.runnable.get_graph(config)
 
     # ------------------------------------------------------------------ the policy core: decisions, no I/O
     def _prompt_of(self, value: Any) -> Prompt:
@@ -291,72 +472,9 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
             return {**input_, self.context_key: ""}
         return input_
 
-    def _verdict(self, attempt: Score | Exception) -> _Verdict:
-        """Judge one scoring attempt; a failure follows ``on_scorer_error`` (a missing threshold raises)."""
-        if isinstance(attempt, Score):
-            try:
-                low = self._untrusted(attempt)
-            except NoThresholdError:
-                raise
-            except SemGradError as exc:
-                attempt = exc
-            else:
-                return _Verdict(attempt, low, None, low)
-        closed = self.on_scorer_error == "fail_closed"
-        reason = f"{type(attempt).__name__}: {attempt} ({self.on_scorer_error})"
-        logger.warning(
-            "SemGrad scoring failed, %s: %s",
-            "failing closed (routing as low-confidence)" if closed else "failing open (passing, flagged)",
-            reason,
-        )
-        return _Verdict(None, None, reason, closed)
-
-    def _untrusted(self, score: Score) -> bool:
-        """The decision: ``max_risk`` on the calibrated risk, else the raw threshold or the calibration."""
-        if self.max_risk is None:
-            return score.untrusted(self.threshold, self.threshold_field or "semgrad")
-        if not score.valid:
-            raise InvalidInputError(f"this pair was not scored: {score.invalid_reason}")
-        if score.risk is None:
-            raise NoThresholdError(
-                "max_risk= decides on the calibrated risk, and this scorer has no calibration: load one "
-                "(SemGradScorer(..., calibration=...)) or pass threshold= with threshold_field="
-            )
-        return score.risk > self.max_risk
-
-    def _result(self, first: _FirstPass, final: _Verdict | None, **extra: Any) -> GuardResult:
-        return GuardResult(
-            policy=self.policy,
-            route=first.route,
-            flagged=first.verdict.low_confidence is not False,
-            low_confidence=first.verdict.low_confidence,
-            score=first.verdict.score,
-            final_score=final.score if final is not None else None,
-            final_low_confidence=final.low_confidence if final is not None else None,
-            scorer_error=first.verdict.error or (final.error if final is not None else None),
-            scored_prompt=first.prompt,
-            scored_prompt_source=first.source,
-            scored_prompt_tokens=first.verdict.score.n_prompt_tokens if first.verdict.score else None,
-            risk=first.verdict.score.risk if first.verdict.score else None,
-            confidence=first.verdict.score.confidence if first.verdict.score else None,
-            **extra,
-        )
-
-    def _rejected(self, first: _FirstPass) -> LowConfidenceError:
-        result = self._result(first, first.verdict)
-        field = "risk" if self.max_risk is not None or self.threshold is None else self.threshold_field
-        detail = first.verdict.error or f"{field}={getattr(first.verdict.score, field or 'risk')}"
-        return LowConfidenceError(f"low-confidence answer ({detail})", result=result, answer=first.answer)
-
     def _review_failed(self, first: _FirstPass, exc: ReviewQueueError) -> tuple[_FirstPass, str]:
         """A failed review queue follows ``on_scorer_error``: pass flagged (open) or raise (closed)."""
-        closed = self.on_scorer_error == "fail_closed"
-        reason = f"{type(exc).__name__}: {exc} ({self.on_scorer_error})"
-        logger.warning(
-            "SemGrad review queue failed, %s: %s",
-            "failing closed (raising LowConfidenceError)" if closed else "failing open (passing, flagged)",
-            reason,
-        )
+        closed, reason = self._failed("review queue", "raising LowConfidenceError", exc)
         return first._replace(route="raise" if closed else "annotate"), reason
 
     def _hold(self, first: _FirstPass) -> tuple[Any, GuardResult]:
@@ -379,13 +497,8 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         calls = ModelCalls()
         answer = yield Invoke(self.runnable, first_input, capture=calls)
         prompt, source = self._scored_prompt(calls, first_input, answer)
-        verdict = yield from self._judge(prompt, answer)
-        route: Route = self.policy if verdict.untrusted else "pass"
-        first = _FirstPass(input_, prompt, source, answer, verdict, route)
-        if route == "raise":
-            error = self._rejected(first)
-            yield from self._publish(error.result)
-            raise error
+        first = yield from self._first_pass(input_, prompt, source, answer)
+        route, verdict = first.route, first.verdict
         if route in _REROUTES:
             final, result = yield from self._second_answer(first, streaming)
         elif route == "human":  # the review queue and custom handlers block: off the event loop
@@ -406,10 +519,10 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
             final, result = answer, self._result(first, verdict)
         data = yield from self._publish(result)
         if not (streaming and route in _REROUTES):  # the whole output at once, with its metadata
-            output = attach(final, METADATA_KEY, data)
+            output = attach(final, METADATA_KEY, GUARDS_KEY, data)
             yield Emit(as_chunk(output) if streaming else output)
         elif isinstance(final, BaseMessageChunk):  # streamed already: a last chunk carries the metadata
-            yield Emit(AIMessageChunk(content="", response_metadata={METADATA_KEY: data}))
+            yield Emit(AIMessageChunk(content="", response_metadata={METADATA_KEY: data, GUARDS_KEY: [data]}))
 
     def _scored_prompt(self, calls: ModelCalls, step_input: Any, answer: Any) -> tuple[Prompt, PromptSource]:
         """The prompt the model that produced ``answer`` received; rebuilt from the input if none was seen."""
@@ -422,35 +535,6 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
             return call.prompt, "model_call"
         logger.debug("SemGradGuard saw no model call: scoring a prompt rebuilt from the input")
         return self._prompt_of(step_input), "reconstructed"
-
-    def _publish(self, result: GuardResult) -> Steps[dict[str, Any]]:
-        """Publish the decision where people look: the custom event, and a traced child run.
-
-        The child run ``semgrad_decision`` of the guard's run is tagged ``semgrad:<route>`` (plus
-        ``semgrad:flagged``) and its metadata has route, risk, confidence and flagged, so tracers
-        (LangSmith, Langfuse, ``astream_events``) show the decision; its output is the whole GuardResult.
-        """
-        data = result.model_dump(mode="json")
-        yield Dispatch(self.event_name, data)
-        tags = [f"semgrad:{result.route}"] + (["semgrad:flagged"] if result.flagged else [])
-        metadata = {
-            "semgrad_route": result.route,
-            "semgrad_risk": result.risk,
-            "semgrad_confidence": result.confidence,
-            "semgrad_flagged": result.flagged,
-        }
-        yield Trace("semgrad_decision", data, tags, metadata)
-        return data
-
-    def _judge(self, prompt: Prompt, answer: Any) -> Steps[_Verdict]:
-        """Score one answer; a scorer failure or timeout (any error) follows ``on_scorer_error``."""
-        scorer = self.scorer if self.scorer is not None else default_scorer()
-        try:
-            text = answer_text(answer) if answer is not None else ""
-            score = yield ScoreAnswer(scorer, prompt, text, self.scorer_timeout)
-        except Exception as exc:  # the scorer's failures go to on_scorer_error, whatever they are
-            return self._verdict(exc)
-        return self._verdict(score)
 
     def _second_answer(self, first: _FirstPass, streaming: bool) -> Steps[tuple[Any, GuardResult]]:
         """The ``retrieve`` and ``fallback`` routes: ask again (streaming it out as it comes), then score."""
@@ -474,7 +558,9 @@ class SemGradGuard(RunnableSerializable[Any, Any]):
         if streaming:
             chunks = yield Invoke(step, step_input, stream=True, capture=calls)
             while (chunk := (yield Next(chunks))) is not END:
-                chunk = as_chunk(chunk)  # a whole AIMessage (a lambda's output) streams as its chunk
+                # a whole AIMessage (a lambda's output) streams as its chunk; an inner guard's decision
+                # stays in its "semgrad_guards" record, "semgrad" is ours (merging two would garble it)
+                chunk = detach(as_chunk(chunk), METADATA_KEY)
                 final = chunk if final is None else final + chunk
                 yield Emit(chunk)
         else:

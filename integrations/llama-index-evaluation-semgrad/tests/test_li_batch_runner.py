@@ -51,7 +51,10 @@ def _same(a: EvaluationResult, b: EvaluationResult) -> None:
 def test_batch_eval_runner_with_workers_equals_sequential(
     li_scorer: SemGradScorer, sequential: list[EvaluationResult]
 ) -> None:
-    evaluator = SemGradEvaluator(scorer=li_scorer, threshold=1e-3, threshold_field="semgrad")
+    # A scorer over the same loaded model without reuse, so the batch runs its own passes (with reuse
+    # every pair would come from the sequential run's cache and the loop check below would test nothing).
+    fresh = SemGradScorer((li_scorer.model, li_scorer.tokenizer), profile=li_scorer.profile, reuse_size=0)
+    evaluator = SemGradEvaluator(scorer=fresh, threshold=1e-3, threshold_field="semgrad")
     runner = BatchEvalRunner({"semgrad": evaluator}, workers=4)
 
     async def run() -> tuple[dict[str, list[EvaluationResult]], int]:

@@ -15,12 +15,17 @@ from llama_index.evaluation.semgrad import (
 from semgrad_guard import default_scorer
 
 EXPECTED_ALL = [
+    "AgentRun",
     "SemGradEvaluator",
     "SemGradEventHandler",
     "SemGradInputError",
     "SemGradLocalLLM",
     "SemGradQueryEngine",
     "SemGradScoreEvent",
+    "aevaluate_agent_run",
+    "aevaluate_agent_runs",
+    "agent_answers",
+    "arecord_agent_run",
 ]
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 from llama_index.core import VectorStoreIndex
-from llama_index.core.base.response.schema import Response
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.evaluation.semgrad import SemGradEvaluator, SemGradLocalLLM, SemGradQueryEngine
@@ -125,3 +125,71 @@ def test_query_engine_refuses_a_risk_given_as_a_raw_threshold(li_scorer: SemGrad
         SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer, threshold=0.3, threshold_field="semgrad")
     with pytest.raises(ValueError, match="threshold_field="):
         SemGradQueryEngine(Fixed(returned=[]), scorer=li_scorer, threshold=2e-5)
+
+
+class Streaming(CustomQueryEngine):
+    """Streams a fixed answer word by word (no LLM call)."""
+
+    answer: str = "The library opens at noon."
+
+    def custom_query(self, query_str: str) -> StreamingResponse:
+        return StreamingResponse(response_gen=(f"{word} " for word in self.answer.split()))
+
+
+def test_a_streamed_answer_is_scored_when_the_stream_ends(
+    li_index: VectorStoreIndex, li_llm: SemGradLocalLLM, li_scorer: SemGradScorer
+) -> None:
+    query = "When was Harbor Lane Library founded?"
+    inner = li_index.as_query_engine(llm=li_llm, similarity_top_k=1, streaming=True)
+    engine = SemGradQueryEngine(inner, scorer=li_scorer, max_risk=1.0)
+    streamed = engine.query(query)
+    assert isinstance(streamed, StreamingResponse) and "semgrad" not in (streamed.metadata or {})
+    text = "".join(streamed.response_gen)  # the tokens reach the caller first, then the score lands
+    assert streamed.metadata is not None and streamed.metadata["semgrad_prompt"] == "recorded"
+    plain = SemGradQueryEngine(li_index.as_query_engine(llm=li_llm, similarity_top_k=1), scorer=li_scorer)
+    reference = plain.query(query)
+    assert text.strip() == (reference.response or "").strip()  # greedy: the same answer
+    assert streamed.metadata["semgrad"]["semgrad"] == pytest.approx(reference.metadata["semgrad"]["semgrad"])
+
+    async def consume() -> tuple[AsyncStreamingResponse, str]:
+        response = await engine.aquery(query)
+        assert isinstance(response, AsyncStreamingResponse)
+        return response, "".join([token async for token in response.async_response_gen()])
+
+    async_streamed, async_text = asyncio.run(consume())
+    assert async_text == text and async_streamed.metadata is not None
+    assert async_streamed.metadata["semgrad_prompt"] == "recorded"
+    assert async_streamed.metadata["semgrad"]["semgrad"] == streamed.metadata["semgrad"]["semgrad"]
+
+
+def test_a_streamed_answer_with_a_fallback_is_scored_before_it_is_shown(li_scorer: SemGradScorer) -> None:
+    fallback = Fixed(answer="Please ask a librarian.", returned=[])
+    routed = SemGradQueryEngine(Streaming(), scorer=li_scorer, max_risk=0.0, fallback_query_engine=fallback)
+    response = routed.query("When does the library open?")
+    assert isinstance(response, Response) and response.response == "Please ask a librarian."
+    assert response.metadata["semgrad_primary_answer"].strip() == "The library opens at noon."
+    kept = SemGradQueryEngine(Streaming(), scorer=li_scorer, max_risk=1.0, fallback_query_engine=fallback)
+    replayed = kept.query("When does the library open?")
+    assert isinstance(replayed, StreamingResponse) and replayed.metadata is not None
+    assert replayed.metadata["semgrad_route"] == "primary" and replayed.metadata["semgrad"]["valid"]
+    assert "".join(replayed.response_gen).strip() == "The library opens at noon."
+
+
+def test_wrapper_and_handler_cost_one_pass_per_distinct_pair(
+    li_index: VectorStoreIndex, li_scorer: SemGradScorer, li_register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_index.core.llms import MockLLM
+    from llama_index.evaluation.semgrad import SemGradEventHandler
+
+    passes: list[int] = []
+    keys: list[Any] = []
+    run, claim = li_scorer._batcher._run, li_scorer._reuse.claim
+    monkeypatch.setattr(li_scorer._batcher, "_run", lambda pairs: passes.append(len(pairs)) or run(pairs))
+    monkeypatch.setattr(li_scorer._reuse, "claim", lambda key: keys.append(key) or claim(key))
+    llm = MockLLM(max_tokens=6)  # no self-score attached: every adapter asks the scorer
+    li_register(SemGradEventHandler(scorer=li_scorer, llm=llm))
+    engine = SemGradQueryEngine(li_index.as_query_engine(llm=llm, similarity_top_k=1), scorer=li_scorer)
+    response = engine.query("How many books can a member borrow?")
+    # the handler (LLM call, inner query, wrapper query) and the wrapper ask about one pair: one pass
+    assert len(keys) >= 3 and len(set(keys)) == 1 and passes == [1]
+    assert response.metadata["semgrad_prompt"] == "recorded" and response.metadata["semgrad"]["reused"]

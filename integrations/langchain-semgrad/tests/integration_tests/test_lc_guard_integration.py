@@ -173,3 +173,84 @@ def test_lcel_rag_chain_wrapped_whole_scores_the_prompt_with_context(chat, score
     with_context = scorer.score(received, out.text).n_prompt_tokens
     bare = scorer.score(QUESTION, out.text).n_prompt_tokens
     assert result.scored_prompt_tokens == with_context and bare is not None and with_context > bare
+
+
+def count_passes(scorer: SemGradScorer, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[Any]]:
+    """Spy on the scorer: the pairs each pass held, and every pair key asked for (reused or not)."""
+    passes: list[int] = []
+    keys: list[Any] = []
+    run, claim = scorer._batcher._run, scorer._reuse.claim
+
+    def counted_run(pairs: list[Any]) -> Any:
+        passes.append(len(pairs))
+        return run(pairs)
+
+    def counted_claim(key: Any) -> Any:
+        keys.append(key)
+        return claim(key)
+
+    monkeypatch.setattr(scorer._batcher, "_run", counted_run)
+    monkeypatch.setattr(scorer._reuse, "claim", counted_claim)
+    return passes, keys
+
+
+def test_guard_and_handler_together_cost_one_pass_per_distinct_pair(chat, scorer, monkeypatch) -> None:
+    from langchain_semgrad import SemGradCallbackHandler
+
+    passes, keys = count_passes(scorer, monkeypatch)
+    handler = SemGradCallbackHandler()  # the default scorer, as the guard's
+    out = SemGradGuard(chat, max_risk=NEVER).invoke("Name a sea animal.", {"callbacks": [handler]})
+    (observed,) = handler.results
+    assert len(keys) == 2 and len(set(keys)) == 1 and passes == [1]  # two asks, one pair, one pass
+    assert observed.score is not None and not observed.score.reused  # the handler scored on model end
+    score = result_of(out).score
+    assert score is not None and score.reused and score.semgrad == observed.score.semgrad
+
+
+def test_fallback_answer_is_scored_against_the_fallback_prompt(chat, short_chat, scorer) -> None:
+    as_messages = RunnableLambda(lambda q: [SystemMessage("Answer in a few words."), HumanMessage(q)])
+    careful = as_messages | short_chat
+    out = SemGradGuard(chat, policy="fallback", fallback=careful, max_risk=ALWAYS).invoke("Name a river.")
+    result = result_of(out)
+    received = [
+        {"role": "system", "content": "Answer in a few words."},
+        {"role": "user", "content": "Name a river."},
+    ]
+    assert (result.final_scored_prompt, result.final_scored_prompt_source) == (received, "model_call")
+    assert result.final_score is not None and result.score is not None
+    assert result.final_score.n_prompt_tokens == scorer.score(received, out.text).n_prompt_tokens
+    # not the first model's prompt (a bare question gets the template's default system turn: longer)
+    assert result.final_score.n_prompt_tokens != result.score.n_prompt_tokens
+
+
+@pytest.mark.parametrize("kind", ["chat", "string"])
+def test_prompt_templates_rebuild_the_scored_prompt(scorer, kind) -> None:
+    from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+
+    template: Any = (
+        ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "Q: {question}")])
+        if kind == "chat"
+        else PromptTemplate.from_template("Q: {question}")
+    )
+    step = RunnableLambda(lambda _: AIMessage("Paris."))  # no LangChain model call to capture
+    out = SemGradGuard(step, prompt=template, max_risk=NEVER).invoke({"question": "Capital of France?"})
+    result = result_of(out)
+    rendered = [
+        *([{"role": "system", "content": "Be brief."}] if kind == "chat" else []),
+        {"role": "user", "content": "Q: Capital of France?"},
+    ]
+    assert (result.scored_prompt, result.scored_prompt_source) == (rendered, "reconstructed")
+    assert result.scored_prompt_tokens == scorer.score(rendered, "Paris.").n_prompt_tokens
+
+
+def test_tracer_shows_the_route_of_a_string_chain(chat) -> None:
+    from langchain_core.tracers.context import collect_runs
+
+    with collect_runs() as collected:
+        out = SemGradGuard(chat | StrOutputParser(), max_risk=ALWAYS).invoke("Name a colour.")
+    assert isinstance(out, str)
+    (run,) = collected.traced_runs
+    (decision,) = [child for child in run.child_runs if child.name == "semgrad_decision"]
+    assert decision.outputs is not None and decision.outputs["route"] == "annotate"
+    assert "semgrad:annotate" in (decision.tags or [])
+    assert decision.extra["metadata"]["semgrad_risk"] == decision.outputs["risk"] is not None

@@ -9,6 +9,7 @@ EXPECTED_ALL = [
     "ScoredRun",
     "SemGradCallbackHandler",
     "SemGradGuard",
+    "SemGradMiddleware",
     "__version__",
 ]
 

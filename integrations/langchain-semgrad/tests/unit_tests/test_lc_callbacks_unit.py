@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from typing import Any
 from uuid import uuid4
 
@@ -174,3 +175,44 @@ async def test_runs_ending_out_of_order_keep_their_own_prompt(
         assert result.prompt == prompts[name] and result.answer == f"answer to {name}"
         assert result.score.n_prompt_tokens == _words(prompts[name])
         assert result.score == scorer.score(prompts[name], f"answer to {name}")  # scoring the pair directly
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("handler_class", [SemGradCallbackHandler, AsyncSemGradCallbackHandler])
+async def test_get_finds_a_score_by_any_ancestor_run_id(chat, scorer, handler_class) -> None:
+    handler = handler_class(scorer, threshold=1e-3)
+    inner = RunnableLambda(lambda question: f"{question}?") | chat
+    chain = RunnableLambda(lambda question: question) | RunnableLambda(lambda q: inner.invoke(q))
+    chain_id, other_id = uuid4(), uuid4()
+    await chain.ainvoke("q", {"callbacks": [handler], "run_id": chain_id})
+    chain.invoke("p", {"callbacks": [handler], "run_id": other_id})
+    first, second = handler.results
+    assert handler.get(chain_id) == first and first.answer == "sure: q?"
+    assert handler.get(other_id) == second and second.answer == "sure: p?"
+    assert handler.get(first.run_id) == first and handler.get(uuid4()) is None
+
+
+def test_get_by_ancestor_returns_the_last_model_call_below_it(scorer) -> None:
+    handler = SemGradCallbackHandler(scorer)
+    llm = FakeListLLM(responses=["one", "two"])
+    chain = RunnableLambda(lambda q: llm.invoke(q)) | RunnableLambda(lambda a: llm.invoke(a))
+    chain_id = uuid4()
+    chain.invoke("q", {"callbacks": [handler], "run_id": chain_id})
+    result = handler.get(chain_id)
+    assert result is not None and (result.prompt, result.answer) == ("one", "two")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("handler_class", [SemGradCallbackHandler, AsyncSemGradCallbackHandler])
+async def test_tool_call_steps_are_skipped_without_a_warning(scorer, handler_class, caplog) -> None:
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+
+    tool_call = AIMessage("", tool_calls=[{"name": "search", "args": {"q": "x"}, "id": "call-1"}])
+    agent_step = FakeMessagesListChatModel(responses=[tool_call, AIMessage("It is x.")])
+    handler = handler_class(scorer)
+    with caplog.at_level(logging.DEBUG, logger="langchain_semgrad.callbacks"):
+        await agent_step.ainvoke("q", {"callbacks": [handler]})
+        await agent_step.ainvoke("q", {"callbacks": [handler]})
+    assert [r.answer for r in handler.results] == ["It is x."] and handler.in_flight == 0
+    assert scorer.calls == [([{"role": "user", "content": "q"}], "It is x.")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import types
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from langchain_core._api import LangChainBetaWarning, LangChainDeprecationWarning
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+from langchain_core.load import dumpd, dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableLambda
+from langchain_core.prompts import ChatPromptTemplate, HumanMessagePromptTemplate, PromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnableSequence
 from langchain_semgrad import (
     GuardResult,
     LowConfidenceError,
@@ -341,3 +347,135 @@ def test_event_loops_in_many_threads(chat, scorer) -> None:
     for question, answer in zip(questions, answers, strict=True):
         assert answer.content.endswith(question)
         assert result_of(answer).route == ("fallback" if "hard" in question else "pass")
+
+
+def test_nested_guards_keep_each_others_records(chat, scorer) -> None:
+    inner = SemGradGuard(chat, scorer=scorer, threshold=1e-3, threshold_field="semgrad", name="inner")
+    outer = SemGradGuard(inner, scorer=scorer, threshold=1e-3, threshold_field="semgrad", name="outer")
+    out = outer.invoke(HARD)
+    records = [GuardResult.model_validate(r) for r in out.response_metadata["semgrad_guards"]]
+    assert [(r.guard, r.route) for r in records] == [("inner", "annotate"), ("outer", "annotate")]
+    assert result_of(out) == records[-1]  # "semgrad" is the outermost guard's
+    # streamed through a fallback that is itself a guard: chunks add up without garbling either record
+    rerouting = SemGradGuard(
+        chat,
+        policy="fallback",
+        fallback=SemGradGuard(
+            type(chat)(prefix="big "), scorer=scorer, threshold=3e-3, threshold_field="semgrad"
+        ),
+        scorer=scorer,
+        threshold=1e-3,
+        threshold_field="semgrad",
+        name="outer",
+    )
+    whole = None
+    for chunk in rerouting.stream(HARD):
+        whole = chunk if whole is None else whole + chunk
+    assert whole is not None and result_of(whole).route == "fallback" and result_of(whole).guard == "outer"
+    guards = [GuardResult.model_validate(r).guard for r in whole.response_metadata["semgrad_guards"]]
+    assert guards == ["SemGradGuard", "outer"]
+
+
+def test_schemas_and_graph_are_the_wrapped_steps(chat, scorer) -> None:
+    chain = ChatPromptTemplate.from_messages([("system", "{context}"), ("human", "{question}")]) | chat
+    guard = SemGradGuard(chain, scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+    schema = guard.get_input_schema().model_json_schema()
+    assert schema == chain.get_input_schema().model_json_schema()
+    assert sorted(schema["properties"]) == ["context", "question"]
+    assert guard.get_output_schema().model_json_schema() == chain.get_output_schema().model_json_schema()
+    graph = guard.get_graph()
+    assert [node.name for node in graph.nodes.values()] == [
+        node.name for node in chain.get_graph().nodes.values()
+    ]
+    assert "EchoChat" in [node.name for node in graph.nodes.values()]
+
+
+@pytest.fixture
+def serializable_chat(chat, monkeypatch) -> Any:
+    """The echo chat model made serializable, as a provider's is, in a module ``loads`` can import."""
+
+    class SerializableEcho(type(chat)):  # type: ignore[misc]
+        @classmethod
+        def is_lc_serializable(cls) -> bool:
+            return True
+
+        @classmethod
+        def get_lc_namespace(cls) -> list[str]:
+            return ["semgrad_test_models"]
+
+    module = types.ModuleType("semgrad_test_models")
+    module.SerializableEcho = SerializableEcho  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return SerializableEcho
+
+
+def test_dumpd_and_loads_round_trip_and_refuse_live_parts(serializable_chat, scorer) -> None:
+    template = ChatPromptTemplate.from_messages([("human", "{question}")])
+    guard = SemGradGuard(template | serializable_chat(), policy="raise", max_risk=0.836, name="g")
+    allowed = [SemGradGuard, RunnableSequence, ChatPromptTemplate, HumanMessagePromptTemplate, PromptTemplate]
+    allowed.append(serializable_chat)
+    namespaces = ["langchain_semgrad", "semgrad_test_models"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LangChainBetaWarning)
+        back = loads(dumps(guard), allowed_objects=allowed, valid_namespaces=namespaces)
+        assert isinstance(back, SemGradGuard) and dumpd(back) == dumpd(guard)
+        assert (back.policy, back.max_risk, back.name) == ("raise", 0.836, "g")
+        live = SemGradGuard(serializable_chat(), scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+        assert dumpd(live)["kwargs"]["scorer"]["type"] == "not_implemented"
+        with pytest.raises(NotImplementedError, match="FakeScorer"):
+            loads(dumps(live), allowed_objects=allowed, valid_namespaces=namespaces)
+
+
+TOOL_CALL = AIMessage("", tool_calls=[{"name": "search", "args": {"q": "x"}, "id": "call-1"}])
+
+
+def test_a_tool_call_step_is_not_scored_and_not_warned_about(scorer, caplog) -> None:
+    agent_step = FakeMessagesListChatModel(responses=[TOOL_CALL, TOOL_CALL])
+    guard = SemGradGuard(agent_step, scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+    with caplog.at_level(logging.DEBUG, logger="langchain_semgrad"):
+        out = guard.invoke(HARD)
+        (streamed,) = list(guard.stream(HARD))
+    assert scorer.calls == [] and caplog.records == []
+    for message in (out, streamed):
+        assert message.tool_calls == TOOL_CALL.tool_calls  # passed through intact, streamed too
+        result = result_of(message)
+        assert (result.route, result.flagged, result.score) == ("pass", False, None)
+        assert result.scorer_error is None
+        assert result.not_scored is not None and "tools" in result.not_scored
+
+
+def test_batch_returns_exceptions_in_place_and_reports_progress(chat, scorer) -> None:
+    guard = SemGradGuard(chat, policy="raise", scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+    inputs = [EASY, HARD, f"{EASY} 2"]
+    with pytest.raises(LowConfidenceError):
+        guard.batch(inputs)
+    outputs = guard.batch(inputs, return_exceptions=True)
+    assert isinstance(outputs[1], LowConfidenceError) and outputs[1].result.route == "raise"
+    assert [o.content for o in (outputs[0], outputs[2])] == [f"sure: {EASY}", f"sure: {EASY} 2"]
+    done = dict(guard.batch_as_completed(inputs, return_exceptions=True))  # (index, output) as each ends
+    assert sorted(done) == [0, 1, 2] and isinstance(done[1], LowConfidenceError)
+    assert done[0].content == outputs[0].content
+
+
+@pytest.mark.asyncio
+async def test_abatch_returns_exceptions_in_place(chat, scorer) -> None:
+    guard = SemGradGuard(chat, policy="raise", scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+    outputs = await guard.abatch([HARD, EASY], return_exceptions=True)
+    assert isinstance(outputs[0], LowConfidenceError) and outputs[1].content == f"sure: {EASY}"
+    done = {i: o async for i, o in guard.abatch_as_completed([HARD, EASY], return_exceptions=True)}
+    assert isinstance(done[0], LowConfidenceError) and done[1].content == f"sure: {EASY}"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_astream_events_show_the_decision_run(chat, scorer, version) -> None:
+    guard = SemGradGuard(chat | StrOutputParser(), scorer=scorer, threshold=1e-3, threshold_field="semgrad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LangChainDeprecationWarning)  # v1 is deprecated, still served
+        events = [e async for e in guard.astream_events(HARD, version=version)]
+    (decision,) = [e for e in events if e["event"] == "on_chain_end" and e["name"] == "semgrad_decision"]
+    assert decision["data"]["output"]["route"] == "annotate"
+    assert {"semgrad:annotate", "semgrad:flagged"} <= set(decision["tags"])
+    assert decision["metadata"]["semgrad_route"] == "annotate"
+    custom = [e["name"] for e in events if e["event"] == "on_custom_event"]
+    assert custom == (["semgrad_guard"] if version == "v2" else [])  # v1 has no custom events

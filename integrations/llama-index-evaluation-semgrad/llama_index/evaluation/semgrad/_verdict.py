@@ -43,7 +43,7 @@ def check_decision(
             f"threshold={threshold} on threshold_field={threshold_field!r} (a raw gradient norm, about "
             f"1e-5 to 1e-3) would flag no answer: it looks like a risk. Use {owner}(..., "
             f"max_risk={threshold}) for the calibrated probability of being wrong, or a raw threshold on "
-            f"this field's own scale (e.g. threshold=2e-5, threshold_field={threshold_field!r})"
+            f"this field's own scale (e.g. threshold=4.4e-5, threshold_field={threshold_field!r})"
         )
 
 

@@ -19,7 +19,7 @@ from llama_index.evaluation.semgrad._prompts import (
 )
 from llama_index.evaluation.semgrad._verdict import check_decision, describe, headline, trusted
 
-from semgrad_guard import RawField, SemGradScorer, default_scorer
+from semgrad_guard import RawField, Scorer, default_scorer
 
 __all__ = ["SemGradEvaluator", "SemGradInputError"]
 
@@ -60,7 +60,7 @@ class SemGradEvaluator(BaseEvaluator):
 
     def __init__(
         self,
-        scorer: SemGradScorer | None = None,
+        scorer: Scorer | None = None,
         threshold: float | None = None,
         threshold_field: RawField | None = None,
         qa_template: BasePromptTemplate | None = None,
@@ -80,7 +80,7 @@ class SemGradEvaluator(BaseEvaluator):
         self._use_contexts = use_contexts
 
     @property
-    def scorer(self) -> SemGradScorer:
+    def scorer(self) -> Scorer:
         """The scorer in use (the shared default when none was given)."""
         return self._scorer if self._scorer is not None else default_scorer()
 
@@ -100,7 +100,8 @@ class SemGradEvaluator(BaseEvaluator):
         """The prompt that would be scored for these inputs, and a short note on where it came from.
 
         Raises:
-            SemGradInputError: ``contexts`` or ``prompt`` is malformed (see the class).
+            SemGradInputError: ``query``, ``response``, ``contexts`` or ``prompt`` is malformed (see the
+                class).
         """
         contexts = checked_contexts(contexts)
         if prompt is not None:
@@ -132,6 +133,9 @@ class SemGradEvaluator(BaseEvaluator):
         del kwargs  # Unused
         if response is None:
             raise ValueError("Must specify query (or the exact prompt) and response")
+        for name, value in (("query", query), ("response", response)):
+            if value is not None and not isinstance(value, str):
+                raise SemGradInputError(f"{name} must be a string, got {type(value).__name__}")
         contexts = checked_contexts(contexts)
         scored, source = self.scored_prompt(query, contexts, prompt)
         score = await self.scorer.ascore(scored, response, errors="mark")

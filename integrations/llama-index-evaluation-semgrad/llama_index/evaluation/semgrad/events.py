@@ -1,4 +1,8 @@
-"""Automatic scoring through LlamaIndex instrumentation: every LLM answer (and query) gets a Score event."""
+"""Automatic scoring through LlamaIndex instrumentation: every LLM answer (and query) gets a Score event.
+
+Inside a workflow agent (``FunctionAgent``, ``ReActAgent``, ``AgentWorkflow``) each score also says where it
+sits in the run (:data:`AgentStep`), so the final answers can be told from the steps that led to them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ import concurrent.futures
 import contextvars
 import logging
 import threading
+from collections.abc import Iterable
 from typing import Any, Literal
 
+from llama_index.core.agent.react.output_parser import extract_tool_use
+from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
 from llama_index.core.base.response.schema import Response
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -17,13 +24,14 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMComp
 from llama_index.core.instrumentation.events.query import QueryEndEvent
 from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.schema import QueryBundle
-from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts, to_scorer_prompt
+from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts
+from llama_index.evaluation.semgrad.agents import agent_messages, message_text
 from llama_index.evaluation.semgrad.llm import SELF_SCORE_KEY
 from llama_index_instrumentation import get_dispatcher
 
-from semgrad_guard import Score, SemGradScorer, default_scorer
+from semgrad_guard import Score, Scorer, default_scorer
 
-__all__ = ["ScoreSource", "SemGradEventHandler", "SemGradScoreEvent"]
+__all__ = ["AgentStep", "ScoreSource", "SemGradEventHandler", "SemGradScoreEvent", "agent_answers"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,14 @@ DISPATCHER_NAME = "llama_index.evaluation.semgrad"
 
 ScoreSource = Literal["llm_chat", "llm_completion", "query"]
 """Which event was scored."""
+AgentStep = Literal["final_answer", "intermediate"]
+"""Where a score sits in an agent run: ``"final_answer"``, an agent's LLM turn that calls no tool (the run
+ends with it); ``"intermediate"``, a turn that calls tools (function calling, or a ReAct ``Action:``), or an
+LLM call or query made inside a tool."""
+STEP_INPUT_TAG = "llamaindex.step.input_event"
+"""The instrumentation tag LlamaIndex workflows put on the events of a step: the step's input event type."""
+_AGENT_TURNS = ("AgentSetup", "AgentOutput")  # the agent's own LLM turn, and its early-stopping answer
+_IN_TOOL = "ToolCall"
 
 
 class SemGradScoreEvent(BaseEvent):
@@ -45,6 +61,9 @@ class SemGradScoreEvent(BaseEvent):
     prompt: str | list[dict[str, str]] = Field(description="The prompt that was scored.")
     answer: str
     reused: bool = Field(default=False, description="The Score came with the response; no new pass ran.")
+    step: AgentStep | None = Field(
+        default=None, description="Final answer or intermediate step of an agent run; None outside agents."
+    )
 
     @classmethod
     def class_name(cls) -> str:
@@ -55,12 +74,17 @@ class SemGradScoreEvent(BaseEvent):
 class _Job:
     """What to score for one event (or the Score it already carries)."""
 
-    __slots__ = ("answer", "event", "prompt", "score", "source")
+    __slots__ = ("answer", "event", "prompt", "score", "source", "step")
 
     def __init__(
-        self, event: BaseEvent, source: ScoreSource, prompt: str | list[dict[str, str]], answer: str
+        self,
+        event: BaseEvent,
+        source: ScoreSource,
+        prompt: str | list[dict[str, str]],
+        answer: str,
+        step: AgentStep | None,
     ) -> None:
-        self.event, self.source, self.prompt, self.answer = event, source, prompt, answer
+        self.event, self.source, self.prompt, self.answer, self.step = event, source, prompt, answer, step
         self.score: Score | None = None
 
 
@@ -91,7 +115,7 @@ class SemGradEventHandler(BaseEventHandler):
         llm: the answering LLM, only to choose the chat or completion QA template variant.
     """
 
-    scorer: SemGradScorer | None = Field(default=None, exclude=True)
+    scorer: Scorer | None = Field(default=None, exclude=True)
     score_llm_calls: bool = True
     score_queries: bool = True
     mode: Literal["auto", "sync", "background"] = "auto"
@@ -142,13 +166,14 @@ class SemGradEventHandler(BaseEventHandler):
         if isinstance(event, LLMChatEndEvent) and self.score_llm_calls:
             if event.response is None:
                 return None
-            job = _Job(
-                event, "llm_chat", to_scorer_prompt(event.messages), event.response.message.content or ""
-            )
+            message = event.response.message
+            step = _agent_step(event, _calls_tools(message))
+            job = _Job(event, "llm_chat", agent_messages(event.messages), message_text(message), step)
             job.score = self._attached(event.response.additional_kwargs)
             return job
         if isinstance(event, LLMCompletionEndEvent) and self.score_llm_calls:
-            job = _Job(event, "llm_completion", event.prompt, event.response.text)
+            step = _agent_step(event, _is_react_action(event.response.text))
+            job = _Job(event, "llm_completion", event.prompt, event.response.text, step)
             job.score = self._attached(event.response.additional_kwargs)
             return job
         if isinstance(event, QueryEndEvent) and self.score_queries:
@@ -158,7 +183,7 @@ class SemGradEventHandler(BaseEventHandler):
             query = event.query.query_str if isinstance(event.query, QueryBundle) else str(event.query)
             contexts = response_contexts(event.response)
             prompt = qa_prompt(query, contexts, self.qa_template, self.llm) if contexts else query
-            job = _Job(event, "query", prompt, event.response.response)
+            job = _Job(event, "query", prompt, event.response.response, _agent_step(event, False))
             metadata = event.response.metadata or {}
             # after a fallback route the attached Score is the primary answer's, not this one's
             job.score = self._attached(metadata) if metadata.get("semgrad_route") == "primary" else None
@@ -207,11 +232,49 @@ class SemGradEventHandler(BaseEventHandler):
                     prompt=job.prompt,
                     answer=job.answer,
                     reused=reused,
+                    step=job.step,
                     span_id=job.event.span_id,
                 )
             )
         except Exception:
             logger.exception("SemGrad could not dispatch its score event")
+
+
+def agent_answers(events: Iterable[BaseEvent], below: float | None = None) -> list[SemGradScoreEvent]:
+    """The scores of agents' final answers among ``events`` (any events, e.g. a log), least confident first.
+
+    ``below``: only the answers whose calibrated confidence is under it (an uncalibrated Score has no
+    confidence, so none qualifies). Invalid scores (the answer could not be scored) are left out.
+    """
+    answers = [
+        e for e in events if isinstance(e, SemGradScoreEvent) and e.step == "final_answer" and e.score.valid
+    ]
+    if below is not None:
+        answers = [e for e in answers if e.score.confidence is not None and e.score.confidence < below]
+    return sorted(answers, key=lambda e: (e.score.confidence is None, e.score.confidence or 0.0))
+
+
+def _agent_step(event: BaseEvent, calls_tools: bool) -> AgentStep | None:
+    """Where ``event`` sits in an agent run, from the workflow step it happened in (``None``: no agent)."""
+    where = event.tags.get(STEP_INPUT_TAG)
+    if where in _AGENT_TURNS:
+        return "intermediate" if calls_tools else "final_answer"
+    return "intermediate" if where == _IN_TOOL else None
+
+
+def _calls_tools(message: ChatMessage) -> bool:
+    return any(isinstance(block, ToolCallBlock) for block in message.blocks) or _is_react_action(
+        message.content or ""
+    )
+
+
+def _is_react_action(text: str) -> bool:
+    """A ReAct reply that calls a tool (``Action:`` and ``Action Input:``), as the ReAct parser reads it."""
+    try:
+        extract_tool_use(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _loop_running() -> bool:

@@ -58,8 +58,14 @@ class SemGradLocalLLM(CustomLLM):
 
     @property
     def scorer(self) -> SemGradScorer:
-        """The scorer whose model answers."""
-        return self._scorer if self._scorer is not None else default_scorer()
+        """The scorer whose model answers: a local one (a remote scorer scores, it cannot generate)."""
+        scorer = self._scorer if self._scorer is not None else default_scorer()
+        if not isinstance(scorer, SemGradScorer):
+            raise TypeError(
+                f"SemGradLocalLLM generates with the scorer's own model, which {scorer!r} does not hold here "
+                "(SEMGRAD_GUARD_URL makes the default scorer a remote one): pass scorer=SemGradScorer(...)"
+            )
+        return scorer
 
     @property
     def metadata(self) -> LLMMetadata:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
-from llama_index.core.base.response.schema import RESPONSE_TYPE, Response
+from llama_index.core.base.response.schema import (
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -22,13 +28,14 @@ from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts
 from llama_index.evaluation.semgrad._verdict import check_decision, trusted
 from llama_index_instrumentation import get_dispatcher
 
-from semgrad_guard import NoThresholdError, RawField, Score, SemGradScorer, default_scorer
+from semgrad_guard import NoThresholdError, RawField, Score, Scorer, default_scorer
 
 __all__ = ["SemGradQueryEngine"]
 
 logger = logging.getLogger(__name__)
 
 _Prompt = str | list[dict[str, str]]
+_Response = TypeVar("_Response", bound=RESPONSE_TYPE)
 _calls: contextvars.ContextVar[list[tuple[_Prompt, str]] | None] = contextvars.ContextVar(
     "semgrad_llm_calls", default=None
 )
@@ -66,13 +73,53 @@ def _install_recorder() -> None:
 
 
 @contextmanager
-def _recording() -> Iterator[list[tuple[_Prompt, str]]]:
-    calls: list[tuple[_Prompt, str]] = []
+def _recording(calls: list[tuple[_Prompt, str]]) -> Iterator[None]:
+    """Record the LLM calls made in this context, until the block ends, into ``calls``."""
     token = _calls.set(calls)
     try:
-        yield calls
+        yield
     finally:
         _calls.reset(token)
+
+
+def _pulled(tokens: Iterator[str], calls: list[tuple[_Prompt, str]]) -> Generator[str, None, None]:
+    """A stream's tokens, each pulled while recording: its LLM call ends (and is recorded) on the last."""
+    while True:
+        with _recording(calls):
+            token = next(tokens, None)
+        if token is None:
+            return
+        yield token
+
+
+async def _apulled(
+    tokens: AsyncGenerator[str, None], calls: list[tuple[_Prompt, str]]
+) -> AsyncGenerator[str, None]:
+    """Async :func:`_pulled`."""
+    while True:
+        with _recording(calls):
+            token = await anext(tokens, None)
+        if token is None:
+            return
+        yield token
+
+
+async def _once(text: str) -> AsyncGenerator[str, None]:
+    yield text
+
+
+def _refill(metadata: dict[str, Any], values: dict[str, Any]) -> None:
+    """Replace ``metadata``'s content in place: a stream's caller already holds that dict."""
+    metadata.clear()
+    metadata.update(values)
+
+
+def _replayed(kept: Response, streamed: StreamingResponse | AsyncStreamingResponse) -> RESPONSE_TYPE:
+    """A buffered, scored answer handed back in the streaming type its engine returned (one chunk)."""
+    text = kept.response or ""
+    if isinstance(streamed, AsyncStreamingResponse):
+        return AsyncStreamingResponse(_once(text), kept.source_nodes, kept.metadata)
+    return StreamingResponse((piece for piece in [text]), kept.source_nodes, kept.metadata, response_txt=text)
 
 
 class SemGradQueryEngine(BaseQueryEngine):
@@ -85,10 +132,16 @@ class SemGradQueryEngine(BaseQueryEngine):
     ``"semgrad"`` (the primary answer's :class:`semgrad_guard.Score` as ``model_dump(mode="json")``;
     ``Score.model_validate`` reads it back), ``"semgrad_route"`` (``"primary"`` or ``"fallback"``),
     ``"semgrad_prompt"`` (``"recorded"``, ``"rebuilt"`` or ``"query only"``) and, after a fallback,
-    ``"semgrad_primary_answer"``. The inner engine's Response is copied, never changed. Streaming and
-    structured responses are returned unscored. Those keys are the outermost guard's; every guard, nested
-    ones included, also appends its own record (``name``, ``score``, ``route``, ``prompt``) to the list
-    ``metadata["semgrad_guards"]``, innermost first, so nested guards never overwrite each other.
+    ``"semgrad_primary_answer"``. The inner engine's Response is copied, never changed. Those keys are the
+    outermost guard's; every guard, nested ones included, also appends its own record (``name``, ``score``,
+    ``route``, ``prompt``) to the list ``metadata["semgrad_guards"]``, innermost first, so nested guards
+    never overwrite each other.
+
+    A streaming engine's answer (``StreamingResponse``, ``AsyncStreamingResponse``) is scored too. Without
+    a fallback it streams live and is scored when the stream ends: ``metadata`` gains the keys then (read
+    it after consuming the stream). With a fallback it must be scored before it is shown, so the stream is
+    consumed first and the kept answer comes back as a one-chunk stream (the fallback's answer in its own
+    type). Structured (pydantic) responses are returned unscored.
 
     Args:
         query_engine: the engine that answers.
@@ -110,7 +163,7 @@ class SemGradQueryEngine(BaseQueryEngine):
         self,
         query_engine: BaseQueryEngine,
         *,
-        scorer: SemGradScorer | None = None,
+        scorer: Scorer | None = None,
         threshold: float | None = None,
         threshold_field: RawField | None = None,
         max_risk: float | None = None,
@@ -137,7 +190,7 @@ class SemGradQueryEngine(BaseQueryEngine):
         _install_recorder()
 
     @property
-    def scorer(self) -> SemGradScorer:
+    def scorer(self) -> Scorer:
         """The scorer in use (the shared default when none was given)."""
         return self._scorer if self._scorer is not None else default_scorer()
 
@@ -148,8 +201,14 @@ class SemGradQueryEngine(BaseQueryEngine):
         return modules
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        with _recording() as calls:
+        calls: list[tuple[_Prompt, str]] = []
+        with _recording(calls):
             response = self._engine.query(query_bundle)
+            streamed = response if isinstance(response, StreamingResponse) else None
+            if streamed is not None and self._fallback is not None:  # scored before it is shown
+                response = streamed.get_response()
+        if streamed is not None and self._fallback is None:
+            return self._stream(query_bundle, streamed, calls)
         if not isinstance(response, Response) or response.response is None:
             return response
         prompt, source = self._prompt(query_bundle, response, calls)
@@ -157,11 +216,18 @@ class SemGradQueryEngine(BaseQueryEngine):
         if self._use_fallback(score):
             assert self._fallback is not None
             return self._annotate(self._fallback.query(query_bundle), score, source, primary=response)
-        return self._annotate(response, score, source)
+        kept = self._annotate(response, score, source)
+        return kept if streamed is None else _replayed(kept, streamed)
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        with _recording() as calls:
+        calls: list[tuple[_Prompt, str]] = []
+        with _recording(calls):
             response = await self._engine.aquery(query_bundle)
+            streamed = response if isinstance(response, AsyncStreamingResponse) else None
+            if streamed is not None and self._fallback is not None:  # scored before it is shown
+                response = await streamed.get_response()
+        if streamed is not None and self._fallback is None:
+            return self._astream(query_bundle, streamed, calls)
         if not isinstance(response, Response) or response.response is None:
             return response
         prompt, source = self._prompt(query_bundle, response, calls)
@@ -170,7 +236,44 @@ class SemGradQueryEngine(BaseQueryEngine):
             assert self._fallback is not None
             fallback = await self._fallback.aquery(query_bundle)
             return self._annotate(fallback, score, source, primary=response)
-        return self._annotate(response, score, source)
+        kept = self._annotate(response, score, source)
+        return kept if streamed is None else _replayed(kept, streamed)
+
+    def _stream(
+        self, query_bundle: QueryBundle, streamed: StreamingResponse, calls: list[tuple[_Prompt, str]]
+    ) -> StreamingResponse:
+        """The answer streams live; when it ends it is scored and ``metadata`` (returned now) filled in."""
+        metadata = dict(streamed.metadata or {})
+
+        def tokens() -> Generator[str, None, None]:
+            parts: list[str] = []
+            for token in _pulled(streamed.response_gen, calls):
+                parts.append(token)
+                yield token
+            answer = Response("".join(parts), list(streamed.source_nodes))
+            prompt, source = self._prompt(query_bundle, answer, calls)
+            score = self.scorer.score(prompt, "".join(parts), errors="mark")
+            _refill(metadata, self._metadata(metadata, score, source))
+
+        return StreamingResponse(tokens(), list(streamed.source_nodes), metadata)
+
+    def _astream(
+        self, query_bundle: QueryBundle, streamed: AsyncStreamingResponse, calls: list[tuple[_Prompt, str]]
+    ) -> AsyncStreamingResponse:
+        """Async :meth:`_stream`."""
+        metadata = dict(streamed.metadata or {})
+
+        async def tokens() -> AsyncGenerator[str, None]:
+            parts: list[str] = []
+            async for token in _apulled(streamed.response_gen, calls):
+                parts.append(token)
+                yield token
+            answer = Response("".join(parts), list(streamed.source_nodes))
+            prompt, source = self._prompt(query_bundle, answer, calls)
+            score = await self.scorer.ascore(prompt, "".join(parts), errors="mark")
+            _refill(metadata, self._metadata(metadata, score, source))
+
+        return AsyncStreamingResponse(tokens(), list(streamed.source_nodes), metadata)
 
     def _prompt(
         self, query_bundle: QueryBundle, response: Response, calls: list[tuple[_Prompt, str]]
@@ -197,13 +300,21 @@ class SemGradQueryEngine(BaseQueryEngine):
         return not verdict
 
     def _annotate(
-        self, response: RESPONSE_TYPE, score: Score, source: str, primary: Response | None = None
-    ) -> RESPONSE_TYPE:
-        if not isinstance(response, Response):
+        self, response: _Response, score: Score, source: str, primary: Response | None = None
+    ) -> _Response:
+        """A copy of ``response`` (a Response or a stream, never changed) with this guard's metadata."""
+        if not isinstance(response, (Response, StreamingResponse, AsyncStreamingResponse)):
             logger.warning(
                 "the fallback returned a %s; it carries no SemGrad metadata", type(response).__name__
             )
             return response
+        metadata = self._metadata(response.metadata or {}, score, source, primary)
+        return dataclasses.replace(response, source_nodes=list(response.source_nodes), metadata=metadata)
+
+    def _metadata(
+        self, inner: dict[str, Any], score: Score, source: str, primary: Response | None = None
+    ) -> dict[str, Any]:
+        """``inner`` metadata with this guard's keys set and its record appended to ``semgrad_guards``."""
         route = "primary" if primary is None else "fallback"
         record: dict[str, Any] = {
             "name": self._name,
@@ -211,7 +322,6 @@ class SemGradQueryEngine(BaseQueryEngine):
             "route": route,
             "prompt": source,
         }
-        inner = response.metadata or {}
         metadata: dict[str, Any] = {
             **inner,
             "semgrad": record["score"],
@@ -222,6 +332,4 @@ class SemGradQueryEngine(BaseQueryEngine):
         metadata.pop("semgrad_primary_answer", None)
         if primary is not None:
             metadata["semgrad_primary_answer"] = record["primary_answer"] = primary.response
-        return Response(
-            response=response.response, source_nodes=list(response.source_nodes), metadata=metadata
-        )
+        return metadata
