@@ -43,7 +43,9 @@ def main() -> None:
     pending = ReviewQueue(path).items()
     review_cli(["--db", str(path), "list"])
     if pending:
-        print(f"\n...and resolves the first item ({pending[0].prompt!r}):")
+        prompt = pending[0].prompt
+        question = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        print(f"\n...and resolves the first item ({question!r}):")
         review_cli(["--db", str(path), "resolve", pending[0].id, "Checked by a reviewer."])
     left = len(ReviewQueue(path).items())
     print(f"\n{left} item(s) still pending; {time.perf_counter() - start:.1f} s in all.")

@@ -135,9 +135,9 @@ def main() -> None:
         f"instrumentation: {len(log.events)} SemGradScoreEvents: "
         + ", ".join(f"{sources.count(name)} {name}" for name in sorted(set(sources)))
     )
-    print("context = SemGrad with the retrieved context in the prompt (what the LLM saw);")
-    print("closed = the question alone; wrapper = SemGradQueryEngine's metadata['semgrad'], scored on the")
-    print("recorded LLM call. Raw SemGrad: higher = less trustworthy.")
+    print("context = the evaluator's score with the retrieved context in the prompt (what the LLM saw);")
+    print("closed = the same for the question alone (both: higher = more trustworthy); wrapper =")
+    print("SemGradQueryEngine's metadata['semgrad'], raw SemGrad of the recorded LLM call (higher = less).")
     handler.close()
 
 
