@@ -119,6 +119,16 @@ class _ScoringState:
             self._parents[run_id] = parent_run_id
             self._trim(self._parents)
 
+    def _on_start(self, *_: Any, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """A chain, tool or retriever run started: link it to its parent (model calls can run inside any)."""
+        self._link(run_id, parent_run_id)
+
+    async def _aon_start(
+        self, *_: Any, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
+        """Async :meth:`_on_start`."""
+        self._link(run_id, parent_run_id)
+
     def _trim(self, links: OrderedDict[UUID, Any]) -> None:
         while len(links) > LINKS_PER_RESULT * self.max_results:
             links.popitem(last=False)
@@ -216,41 +226,7 @@ class SemGradCallbackHandler(_ScoringState, BaseCallbackHandler):
         """Remember the text prompt (one user turn) until the run ends."""
         self._begin(run_id, prompts[0])
 
-    def on_chain_start(
-        self,
-        serialized: dict[str, Any],
-        inputs: dict[str, Any],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the chain run to its parent (for :meth:`get` by an ancestor's run id)."""
-        self._link(run_id, parent_run_id)
-
-    def on_tool_start(
-        self,
-        serialized: dict[str, Any],
-        input_str: str,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the tool run to its parent (an agent's model calls can run inside tools)."""
-        self._link(run_id, parent_run_id)
-
-    def on_retriever_start(
-        self,
-        serialized: dict[str, Any],
-        query: str,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the retriever run to its parent (a retriever may call a model, e.g. to rewrite the query)."""
-        self._link(run_id, parent_run_id)
+    on_chain_start = on_tool_start = on_retriever_start = _ScoringState._on_start
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Drop the failed run's prompt."""
@@ -297,41 +273,7 @@ class AsyncSemGradCallbackHandler(_ScoringState, AsyncCallbackHandler):
         """Remember the text prompt (one user turn) until the run ends."""
         self._begin(run_id, prompts[0])
 
-    async def on_chain_start(
-        self,
-        serialized: dict[str, Any],
-        inputs: dict[str, Any],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the chain run to its parent (for :meth:`get` by an ancestor's run id)."""
-        self._link(run_id, parent_run_id)
-
-    async def on_tool_start(
-        self,
-        serialized: dict[str, Any],
-        input_str: str,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the tool run to its parent (an agent's model calls can run inside tools)."""
-        self._link(run_id, parent_run_id)
-
-    async def on_retriever_start(
-        self,
-        serialized: dict[str, Any],
-        query: str,
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Link the retriever run to its parent (a retriever may call a model, e.g. to rewrite the query)."""
-        self._link(run_id, parent_run_id)
+    on_chain_start = on_tool_start = on_retriever_start = _ScoringState._aon_start
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Drop the failed run's prompt."""
