@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from semgrad_guard.pairs import EncodedPair
     from semgrad_guard.statistics import PassStatistics
 
-__all__ = ["RawField", "Score", "ScoredGeneration"]
+__all__ = ["RawField", "Score", "ScoredGeneration", "check_decision"]
 
 RawField = Literal[
     "semgrad",
@@ -31,6 +31,45 @@ RawField = Literal[
 ]
 """The raw scores a threshold can be set on; higher is more uncertain for each (``semgrad_para`` only where
 the profile has paraphrase directions)."""
+
+_GRADIENT_FIELDS = ("semgrad", "hybridgrad", "param_grad", "exgrad", "semgrad_para")
+"""Raw gradient norms: about 1e-5 to 1e-3 on the embedded model; a threshold from 0.01 to 1 is a risk."""
+_RISK_LIKE = (0.01, 1.0)
+
+
+def check_decision(
+    threshold: float | None, threshold_field: RawField | None, max_risk: float | None, owner: str
+) -> None:
+    """Refuse a decision rule (``max_risk`` or a raw ``threshold``) that cannot be right.
+
+    Every adapter checks its arguments here; messages name ``owner``'s own arguments.
+    """
+    if max_risk is not None:
+        if threshold is not None:
+            raise ValueError(f"{owner} takes max_risk= (calibrated) or threshold= (raw), not both")
+        if not 0.0 <= max_risk <= 1.0:
+            raise ValueError(f"max_risk={max_risk} is not a probability: give a value from 0 to 1")
+        return
+    if threshold is None:
+        if threshold_field is not None:
+            raise ValueError(f"threshold_field={threshold_field!r} needs threshold= (the raw value)")
+        return
+    if threshold_field is None:
+        raise ValueError(
+            f"threshold={threshold} is a raw value on one Score field: name it, e.g. "
+            f"{owner}(..., threshold={threshold}, threshold_field='semgrad'); for a probability that the "
+            f"answer is wrong use {owner}(..., max_risk={threshold}) (needs a calibrated scorer)"
+        )
+    if not threshold >= 0.0:  # negative (flags every answer) or NaN (flags none)
+        raise ValueError(f"threshold={threshold} on {threshold_field!r} cannot be right: raw scores are >= 0")
+    low, high = _RISK_LIKE
+    if threshold_field in _GRADIENT_FIELDS and low <= threshold <= high:
+        raise ValueError(
+            f"threshold={threshold} on threshold_field={threshold_field!r} (a raw gradient norm, about "
+            f"1e-5 to 1e-3) would flag no answer: it looks like a risk. Use {owner}(..., "
+            f"max_risk={threshold}) for the calibrated probability of being wrong, or a raw threshold on "
+            f"this field's own scale (e.g. threshold=4.4e-5, threshold_field={threshold_field!r})"
+        )
 
 
 class Score(BaseModel):

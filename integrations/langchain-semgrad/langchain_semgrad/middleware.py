@@ -37,10 +37,10 @@ from langchain_semgrad.runnables import (
     PromptSource,
     ScorerErrorPolicy,
     _FirstPass,
-    check_decision,
 )
 from semgrad_guard import RawField, Scorer
 from semgrad_guard.prompts import Prompt
+from semgrad_guard.results import check_decision
 
 __all__ = [
     "AnswerReviewDecision",

@@ -17,9 +17,10 @@ from llama_index.evaluation.semgrad._prompts import (
     response_contexts,
     to_scorer_prompt,
 )
-from llama_index.evaluation.semgrad._verdict import check_decision, describe, headline, trusted
+from llama_index.evaluation.semgrad._verdict import describe, headline, trusted
 
 from semgrad_guard import RawField, Scorer, default_scorer
+from semgrad_guard.results import check_decision
 
 __all__ = ["SemGradEvaluator", "SemGradInputError"]
 

@@ -25,10 +25,11 @@ from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 from llama_index.evaluation.semgrad._prompts import qa_prompt, response_contexts, to_scorer_prompt
-from llama_index.evaluation.semgrad._verdict import check_decision, trusted
+from llama_index.evaluation.semgrad._verdict import trusted
 from llama_index_instrumentation import get_dispatcher
 
 from semgrad_guard import NoThresholdError, RawField, Score, Scorer, default_scorer
+from semgrad_guard.results import check_decision
 
 __all__ = ["SemGradQueryEngine"]
 
