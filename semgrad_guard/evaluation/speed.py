@@ -395,6 +395,18 @@ def _sampling(scorer: SemGradScorer, config: SpeedConfig) -> dict[str, Any]:
     }
 
 
+def _machine(device: torch.device) -> dict[str, Any]:
+    """What a run's timings depend on: platform, processor, cores, torch threads and version, GPU."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+
+
 def run_speed(config: SpeedConfig) -> dict[str, Any]:
     """Run every measurement and write ``speed.json`` and ``speed.md`` into ``config.out``."""
     torch.manual_seed(0)
@@ -419,14 +431,7 @@ def run_speed(config: SpeedConfig) -> dict[str, Any]:
         "profile": scorer.profile.model_dump(mode="json"),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
+        "machine": _machine(device),
         "matmul_flops_per_s": rate,
         "config": config.model_dump(mode="json"),
         "latency": _latency(scorer, config, device) if "latency" in config.sections else [],
@@ -742,12 +747,7 @@ def run_shape_speed(config: ShapeSpeedConfig) -> dict[str, Any]:
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            **_machine(device),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "build_s": build_s,
