@@ -31,7 +31,7 @@ QUESTIONS = [
 def report(question: str, answer: str, result: GuardResult) -> None:
     first = result.score.risk if result.score else None
     final = result.final_score.risk if result.final_score else None
-    extra = f", {result.documents} documents" if result.documents else ""
+    extra = f", {len(result.documents)} documents" if result.documents else ""
     print(f"Q: {question}\n   route={result.route}{extra}  risk first={first:.3f} final={final:.3f}")
     print(f"   A: {answer.strip()!r}")
 

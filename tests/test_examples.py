@@ -1,4 +1,4 @@
-"""The agent examples run offline end to end and print a decision for every question (issue: agents)."""
+"""The demo and the agent examples run offline end to end and print a decision for every question."""
 
 from __future__ import annotations
 
@@ -40,3 +40,14 @@ def test_llamaindex_agent_example_lists_answers_by_confidence() -> None:
     assert "agent answers with confidence below" in out
     rows = [line for line in out.splitlines() if line.strip().startswith("->")]
     assert len(rows) >= 2
+
+
+@pytest.mark.slow
+def test_demo_prints_a_route_and_document_count_per_question() -> None:
+    out = run_example("langchain_rag_guard.py")  # what `make demo` runs
+    routes = [line for line in out.splitlines() if line.strip().startswith("route=")]
+    assert len(routes) == out.count("Q: ") >= 2
+    for line in routes:  # "route=retrieve, 1 documents  risk ...": a count, never the documents themselves
+        assert "Document(" not in line
+        if line.strip().startswith("route=retrieve"):
+            assert line.strip().split(",")[1].split()[0].isdigit(), line
