@@ -110,6 +110,9 @@ class CalibrationBundle(BaseModel):
     method: str = Field(description="Chosen map, e.g. 'logistic:combined' or 'isotonic:semgrad'.")
     map: CalibrationMap
     threshold: Threshold | None = None
+    no_threshold_reason: str | None = Field(
+        default=None, description="Why no threshold was chosen (e.g. the error target is out of reach)."
+    )
     labels: str = Field(description="Where the correctness labels came from (judge, audit).")
     data: list[str] = Field(description="Data sets the bundle was fitted on.")
     created: datetime

@@ -83,7 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help=MODEL_HELP)
     bench.add_argument("--limit", type=int, help="first N questions only")
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    bench.add_argument("--samples", type=int, default=10, help="K samples for sampling baselines (0 = none)")
+    bench.add_argument(
+        "--samples",
+        type=int,
+        help="K samples for sampling baselines (0 = none; default 10, or 0 with --answers-from)",
+    )
     bench.add_argument("--max-new-tokens", type=int, default=32)
     bench.add_argument(
         "--judge",
@@ -93,7 +97,16 @@ def _parser() -> argparse.ArgumentParser:
         "automatic judge), auto (the best automatic judge) or one judge",
     )
     bench.add_argument(
-        "--labels", type=Path, help="audited labels JSONL (default: benchmarks/labels/<set>.jsonl for sets)"
+        "--labels",
+        type=Path,
+        help="audited labels JSONL (default: every benchmarks/labels/[<model>/]<set>.jsonl for sets)",
+    )
+    bench.add_argument(
+        "--answers-from",
+        type=Path,
+        metavar="DIR",
+        help="score the greedy answers of another bench run's folder instead of generating (proxy scoring; "
+        "needs --samples 0)",
     )
     bench.add_argument("--seed", type=int, default=0)
     calibrate = commands.add_parser(
@@ -106,7 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         "--judge", choices=["audited", *JUDGES], help="labels of bench folders (default: their main labels)"
     )
     target = calibrate.add_mutually_exclusive_group()
-    target.add_argument("--target-error", type=float, default=0.1, help="max error among accepted answers")
+    target.add_argument(
+        "--target-error",
+        type=float,
+        nargs="+",
+        default=[0.1],
+        help="max error among accepted answers; several: the smallest reachable, each tested at delta / k",
+    )
     target.add_argument("--target-coverage", type=float, help="min fraction of answers accepted instead")
     calibrate.add_argument("--delta", type=float, default=0.05, help="allowed failure probability (0.05)")
     calibrate.add_argument("--seed", type=int, default=0)
@@ -268,6 +287,8 @@ def _bench(args: argparse.Namespace) -> int:
     from semgrad_guard.evaluation.bench import BenchConfig, run_bench
     from semgrad_guard.evaluation.report import markdown_table
 
+    if args.samples is None:
+        args.samples = 0 if args.answers_from else 10
     results = run_bench(_config(BenchConfig, args))
     print(markdown_table(results))
     print(

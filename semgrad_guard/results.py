@@ -174,8 +174,9 @@ class Score(BaseModel):
             return bool(value > threshold)
         if self.low_confidence is None:
             raise NoThresholdError(
-                "no calibration is loaded, so there is no threshold: pass a raw threshold on a Score field "
-                "(e.g. untrusted(threshold=4.4e-5, field='semgrad')) or load a calibration"
+                "there is no threshold: no calibration is loaded, or its bundle has none (its "
+                "no_threshold_reason says why); pass a raw threshold on a Score field (e.g. "
+                "untrusted(threshold=4.4e-5, field='semgrad')), decide on score.risk, or load a calibration"
             )
         return self.low_confidence
 

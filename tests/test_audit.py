@@ -18,7 +18,7 @@ from semgrad_guard.evaluation.audit import (
     load_labels,
     resolve_labels,
 )
-from semgrad_guard.evaluation.bench import BenchConfig, _labels, _write_rows
+from semgrad_guard.evaluation.bench import CONTEXT_LABEL, BenchConfig, _labels, _write_rows
 from semgrad_guard.evaluation.datasets import QAItem
 from semgrad_guard.evaluation.judges import FALLBACK_JUDGE, JUDGES, containment, key_match, key_recall
 from semgrad_guard.evaluation.labels import read_labelled
@@ -44,8 +44,25 @@ def test_a_label_applies_only_to_the_exact_answer(tmp_path: Path) -> None:
 
 def test_named_sets_find_the_shipped_labels_and_paths_do_not() -> None:
     found = find_labels("sciq")
-    assert found is not None and found.name == "sciq.jsonl"
-    assert find_labels("some/other.jsonl") is None
+    assert found and found[0].name == "sciq.jsonl" and found[0].parent.name == "labels"
+    assert find_labels("some/other.jsonl") == []
+
+
+def test_each_models_labels_are_found_and_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One model's answers at the top, another's in its own folder: a bench run reads both, so scoring the
+    # second model's answers with the first (proxy scoring) still finds their labels.
+    write_labels(tmp_path / "sciq.jsonl", [PARIS])
+    (tmp_path / "other-model").mkdir()
+    write_labels(tmp_path / "other-model" / "sciq.jsonl", [ROME, PARIS])
+    monkeypatch.setenv("SEMGRAD_GUARD_LABELS", str(tmp_path))
+    found = find_labels("sciq")
+    assert found == [tmp_path / "other-model" / "sciq.jsonl", tmp_path / "sciq.jsonl"]
+    assert load_labels(*found) == {(PARIS.question, PARIS.answer): PARIS, (ROME.question, ROME.answer): ROME}
+    assert find_labels("truthfulqa")[0].parent.name == "labels"  # none there: the shipped ones
+
+    write_labels(tmp_path / "sciq.jsonl", [PARIS.model_copy(update={"incorrect": 1})])
+    with pytest.raises(ValueError, match="reconcile"):
+        load_labels(*find_labels("sciq"))
 
 
 def test_the_bench_records_the_fallback_per_row(tmp_path: Path) -> None:
@@ -78,6 +95,13 @@ def test_the_bench_records_the_fallback_per_row(tmp_path: Path) -> None:
     unlabelled = BenchConfig(data=str(data), out=tmp_path)
     primary, sets, sources, _, summary = _labels(unlabelled, items, answers, judged)
     assert primary == FALLBACK_JUDGE and "audited" not in sets and summary["audited_rows"] == 0
+
+    # Rows asked with a context: the main label is whether the context supports the answer, known by
+    # construction; the audited and judged correctness labels stay beside it.
+    with_context = [i.model_copy(update={"context": "c", "supported": k != 1}) for k, i in enumerate(items)]
+    primary, sets, sources, _, _ = _labels(config, with_context, answers, judged)
+    assert primary == CONTEXT_LABEL and sets[CONTEXT_LABEL] == [0, 1, 0] and sources == [CONTEXT_LABEL] * 3
+    assert sets["audited"] == [0, 1, 0] and sets[FALLBACK_JUDGE] == [0, 0, 0]
 
     primary, sets, sources, found, _ = _labels(config, items, answers, judged)
     columns = {"semgrad": [1.0, 2.0, 3.0]}

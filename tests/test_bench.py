@@ -16,7 +16,8 @@ import semgrad_guard
 from semgrad_guard import SemGradScorer
 from semgrad_guard.cli import main
 from semgrad_guard.evaluation import metrics, report
-from semgrad_guard.evaluation.bench import BenchConfig, run_bench
+from semgrad_guard.evaluation.bench import CONTEXT_LABEL, BenchConfig, run_bench
+from semgrad_guard.evaluation.datasets import context_rows, load_qa
 from semgrad_guard.evaluation.judges import JUDGES, containment, normalise, rouge_l
 
 
@@ -137,6 +138,31 @@ def test_small_run_writes_everything(embedded: SemGradScorer, tmp_path: Path) ->
         r["incorrect"] == r["incorrect_key-match"] and r["incorrect_audited"] == "" for r in relabelled[1:]
     )
     assert "1 rows, 1 of them marked unsure" in (tmp_path / "results.md").read_text()
+
+    # Proxy scoring: another run scores these answers instead of generating; same model, same scores.
+    proxy = run_bench(
+        config.model_copy(update={"out": tmp_path / "proxy", "answers_from": tmp_path, "samples": 0}),
+        scorer=embedded,
+    )
+    assert proxy["answers_model"] == embedded.model_name
+    assert not (tmp_path / "proxy" / "generations.jsonl").exists()
+    with (tmp_path / "proxy" / "rows.csv").open(encoding="utf-8") as source:
+        proxied = list(csv.DictReader(source))
+    assert [(r["answer"], r["semgrad"]) for r in proxied] == [(r["answer"], r["semgrad"]) for r in rows]
+    proxy_config = config.model_copy(update={"answers_from": tmp_path / "proxy", "samples": 0})
+    with pytest.raises(ValueError, match="no greedy answer"):  # the proxy run made no answers of its own
+        run_bench(proxy_config, scorer=embedded)
+    with pytest.raises(ValueError, match="samples=0"):
+        BenchConfig.model_validate(proxy_config.model_dump() | {"samples": 3})
+
+    # A RAG-shaped set: each question with a note stating its answer and with another question's note.
+    rag = tmp_path / "rag.jsonl"
+    items = context_rows(load_qa(shipped)[:3])
+    rag.write_text("".join(item.model_dump_json() + "\n" for item in items), encoding="utf-8")
+    with_context = run_bench(BenchConfig(data=str(rag), out=tmp_path / "rag", samples=0), scorer=embedded)
+    assert with_context["primary_judge"] == CONTEXT_LABEL and with_context["error_rate"][CONTEXT_LABEL] == 0.5
+    asked = [json.loads(line) for line in (tmp_path / "rag" / "generations.jsonl").read_text().splitlines()]
+    assert [r["context"] for r in asked] == [item.context for item in items]  # two rows per question
 
     bundle_path = tmp_path / "bundle.json"
     assert (

@@ -13,7 +13,7 @@ import pytest
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.calibration import CalibrationBundle, LogisticMap, Threshold, features
-from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, _fit_map, fit_calibration
+from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, _fit_map, choose_map, fit_calibration
 
 FIELDS = list(SINGLE_FIELDS)
 
@@ -71,10 +71,13 @@ def test_threshold_meets_target_error_on_fresh_samples() -> None:
     assert met >= 0.9 * found
 
 
-def test_unreachable_target_gives_no_threshold() -> None:
+def test_unreachable_target_gives_no_threshold_and_says_why() -> None:
     rows, wrong = synthetic(600, np.random.default_rng(2))
     bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=0.001, delta=0.05)
     assert bundle.threshold is None
+    assert bundle.no_threshold_reason is not None and "at or below 0.001" in bundle.no_threshold_reason
+    reachable = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=0.4)
+    assert reachable.threshold is not None and reachable.no_threshold_reason is None
 
 
 def test_coverage_rule_accepts_at_least_the_target_share() -> None:
@@ -93,11 +96,25 @@ def test_coverage_rule_accepts_at_least_the_target_share() -> None:
 def test_model_selection_prefers_the_informative_field() -> None:
     rows, wrong = synthetic(1500, np.random.default_rng(4))
     bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"])
-    assert "semgrad" in bundle.map.fields
-    assert bundle.candidates[bundle.method]["cv_log_loss"] == min(
-        c["cv_log_loss"] for c in bundle.candidates.values()
-    )
+    assert bundle.map.fields == ["semgrad"]  # the combination adds only noise, so it cannot win
     assert bundle.quality["ece_after"] < bundle.quality["ece_before"]
+    single = [v for k, v in bundle.quality.items() if k.startswith("auroc_") and k != "auroc_after"]
+    assert len(single) == len(SINGLE_FIELDS) and bundle.quality["auroc_after"] >= max(single) - 1e-12
+
+
+def test_choice_ranks_discrimination_then_calibration() -> None:
+    def row(auroc: float, loss: float) -> dict[str, float]:
+        return {"cv_auroc": auroc, "cv_log_loss": loss}
+
+    report = {
+        "isotonic:semgrad": row(0.70, 0.60),
+        "logistic:semgrad": row(0.69, 0.55),  # the better-calibrated map of the best signal
+        "logistic:nll": row(0.60, 0.50),  # best calibrated overall, but ranks worse
+        "logistic:combined": row(0.70, 0.52),  # ties the best single field: not eligible
+    }
+    assert choose_map(report) == "logistic:semgrad"
+    report["logistic:combined"] = row(0.71, 0.58)  # beats every single field out of fold
+    assert choose_map(report) == "logistic:combined"
 
 
 def hand_made(threshold: float | None, model: str = "tiny") -> CalibrationBundle:

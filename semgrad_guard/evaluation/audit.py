@@ -49,19 +49,39 @@ def label_dirs() -> list[Path]:
     return ([Path(explicit)] if explicit else []) + [checkout / "benchmarks" / "labels"]
 
 
-def find_labels(data: str | Path) -> Path | None:
-    """The audited label file of a named set (``sciq``, ``truthfulqa``), or None where there is none."""
+def find_labels(data: str | Path) -> list[Path]:
+    """The audited label files of a named set (``sciq``, ``truthfulqa``): empty where there are none.
+
+    ``<dir>/<set>.jsonl`` holds the embedded model's answers and ``<dir>/<model>/<set>.jsonl`` another
+    model's; a bench run reads all of them, so scoring one model's answers with another finds their labels.
+    """
     if str(data) not in _NAMED:
-        return None
-    found = [d / f"{data}.jsonl" for d in label_dirs() if (d / f"{data}.jsonl").is_file()]
-    return found[0] if found else None
+        return []
+    for folder in label_dirs():
+        found = sorted([folder / f"{data}.jsonl", *folder.glob(f"*/{data}.jsonl")])
+        found = [path for path in found if path.is_file()]
+        if found:
+            return found
+    return []
 
 
-def load_labels(path: Path) -> dict[tuple[str, str], AuditedLabel]:
-    """Labels of a JSONL file, keyed by (question, exact answer text)."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    labels = [AuditedLabel.model_validate_json(line) for line in lines if line.strip()]
-    return {(label.question, label.answer): label for label in labels}
+def load_labels(*paths: Path) -> dict[tuple[str, str], AuditedLabel]:
+    """Labels of JSONL files, keyed by (question, exact answer text).
+
+    Raises ``ValueError`` when two files label one answer differently: the readings must be reconciled first.
+    """
+    merged: dict[tuple[str, str], AuditedLabel] = {}
+    for path in paths:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for label in (AuditedLabel.model_validate_json(line) for line in lines if line.strip()):
+            key = (label.question, label.answer)
+            if key in merged and merged[key].incorrect != label.incorrect:
+                raise ValueError(
+                    f"{path} labels the answer {label.answer!r} to {label.question!r} "
+                    f"{label.incorrect}, another file {merged[key].incorrect}: reconcile them"
+                )
+            merged.setdefault(key, label)
+    return merged
 
 
 def resolve_labels(

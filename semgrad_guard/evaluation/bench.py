@@ -20,19 +20,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from semgrad_guard.evaluation import metrics, sampling
 from semgrad_guard.evaluation.audit import AuditedLabel, find_labels, load_labels, resolve_labels
-from semgrad_guard.evaluation.datasets import QAItem, load_qa, qa_prompt
+from semgrad_guard.evaluation.datasets import QAItem, load_qa
 from semgrad_guard.evaluation.embeddings import SentenceEmbedder
 from semgrad_guard.evaluation.judges import FALLBACK_JUDGE, JUDGES, JudgeName, judge_all
 from semgrad_guard.evaluation.methods import GRADIENT, METHODS, SAMPLING, SANITY, SINGLE_PASS
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
 
-__all__ = ["BenchConfig", "run_bench"]
+__all__ = ["CONTEXT_LABEL", "BenchConfig", "run_bench"]
 
 
 class BenchConfig(BaseModel):
@@ -55,9 +55,21 @@ class BenchConfig(BaseModel):
         )
     )
     labels: Path | None = Field(
-        default=None, description="Audited label JSONL (default: benchmarks/labels/<name>.jsonl for sets)."
+        default=None,
+        description="Audited label JSONL (default: every benchmarks/labels/[<model>/]<name>.jsonl for sets).",
+    )
+    answers_from: Path | None = Field(
+        default=None,
+        description="Score the greedy answers another bench run made (its folder) instead of generating: "
+        "proxy scoring, one model judging another's answers.",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _sampling_needs_own_answers(self) -> BenchConfig:
+        if self.answers_from is not None and self.samples:
+            raise ValueError("sampling baselines sample the answering model: set samples=0 with answers_from")
+        return self
 
 
 def _jsonl_cache(path: Path, key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
@@ -65,6 +77,21 @@ def _jsonl_cache(path: Path, key: Callable[[dict[str, Any]], Any]) -> dict[Any, 
         return {}
     records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
     return {key(r): r for r in records}
+
+
+def _asked(record: dict[str, Any]) -> tuple[str, str | None]:
+    """What a cached record answered: its question and context (records without one predate contexts)."""
+    return record["question"], record.get("context")
+
+
+def _borrowed(items: list[QAItem], folder: Path) -> list[dict[str, Any]]:
+    """The greedy answers another bench run cached in ``folder``, one per item, in the items' order."""
+    path = folder / "generations.jsonl"
+    cache = _jsonl_cache(path, lambda r: _asked(r) if r["settings"]["n"] == 0 else None)
+    missing = [item.question for item in items if (item.question, item.context) not in cache]
+    if missing:
+        raise ValueError(f"{path} has no greedy answer for {len(missing)} questions, e.g. {missing[0]!r}")
+    return [cache[(item.question, item.context)] for item in items]
 
 
 def _generate(
@@ -78,19 +105,19 @@ def _generate(
         "n": n,
         "seed": config.seed,
     }
-    cache = _jsonl_cache(path, lambda r: (r["question"], json.dumps(r["settings"], sort_keys=True)))
+    cache = _jsonl_cache(path, lambda r: (*_asked(r), json.dumps(r["settings"], sort_keys=True)))
     records = []
     with path.open("a", encoding="utf-8") as sink:
         for index, item in enumerate(tqdm(items, desc=desc, unit="q")):
-            cached = cache.get((item.question, json.dumps(settings, sort_keys=True)))
+            cached = cache.get((item.question, item.context, json.dumps(settings, sort_keys=True)))
             if cached is None:
                 start = time.perf_counter()
                 if n == 0:
-                    texts = scorer.generate(qa_prompt(item.question), max_new_tokens=config.max_new_tokens)
+                    texts = scorer.generate(item.prompt, max_new_tokens=config.max_new_tokens)
                 else:
                     torch.manual_seed(config.seed + index)
                     texts = scorer.generate(
-                        qa_prompt(item.question),
+                        item.prompt,
                         n=n,
                         do_sample=True,
                         temperature=1.0,
@@ -99,6 +126,7 @@ def _generate(
                     )
                 cached = {
                     "question": item.question,
+                    **({} if item.context is None else {"context": item.context}),
                     "settings": settings,
                     "texts": texts,
                     "seconds": time.perf_counter() - start,
@@ -117,8 +145,10 @@ def _score(
     # Paraphrase directions only feed semgrad_para, which no bench method reads: they do not key the cache.
     profile = scorer.profile.model_dump(mode="json", exclude={"directions"})
     setting = json.dumps({"model": scorer.model_name, "profile": profile})
-    cache = _jsonl_cache(path, lambda r: (r["question"], r["answer"], r["setting"]))
-    keys = [(item.question, answer, setting) for item, (_, answer) in zip(items, pairs, strict=True)]
+    cache = _jsonl_cache(path, lambda r: (*_asked(r), r["answer"], r["setting"]))
+    keys = [
+        (item.question, item.context, answer, setting) for item, (_, answer) in zip(items, pairs, strict=True)
+    ]
     missing = [i for i, key in enumerate(keys) if key not in cache]
     if missing:
         start = time.perf_counter()
@@ -128,7 +158,8 @@ def _score(
             for i, score in zip(missing, fresh, strict=True):
                 record = {
                     "question": keys[i][0],
-                    "answer": keys[i][1],
+                    **({} if keys[i][1] is None else {"context": keys[i][1]}),
+                    "answer": keys[i][2],
                     "setting": setting,
                     "seconds": seconds,
                 }
@@ -178,22 +209,26 @@ def _labels(
     config: BenchConfig, items: list[QAItem], answers: list[str], judged: dict[JudgeName, list[int]]
 ) -> tuple[str, dict[str, list[int]], list[str], list[AuditedLabel | None], dict[str, Any]]:
     """The main label set's name, every label set, each row's source of main label, the audited matches."""
-    path = config.labels or find_labels(config.data)
-    audited = load_labels(path) if path is not None else {}
+    paths = [config.labels] if config.labels else find_labels(config.data)
+    audited = load_labels(*paths)
     questions = [item.question for item in items]
     merged, sources, found = resolve_labels(
         audited, questions, answers, judged[FALLBACK_JUDGE], FALLBACK_JUDGE
     )
     matched = sum(label is not None for label in found)
     sets: dict[str, list[int]] = ({"audited": merged} if matched else {}) | dict(judged)
-    if config.judge == "audited" and matched:
+    if any(item.supported is not None for item in items):
+        # RAG-shaped sets: the main label is known by construction, so no reading is needed.
+        sets = {CONTEXT_LABEL: [int(not item.supported) for item in items]} | sets
+        primary, sources = CONTEXT_LABEL, [CONTEXT_LABEL] * len(items)
+    elif config.judge == "audited" and matched:
         primary = "audited"
     else:
         primary = FALLBACK_JUDGE if config.judge in ("audited", "auto") else config.judge
         sources = [primary] * len(items)
     summary = {
         "main": primary,
-        "audited_file": None if path is None else _shown(path),
+        "audited_files": [_shown(path) for path in paths],
         "audited_rows": matched,
         "fallback_judge": FALLBACK_JUDGE,
         "fallback_rows": len(items) - matched,
@@ -201,6 +236,10 @@ def _labels(
         "main_sources": {source: sources.count(source) for source in sorted(set(sources))},
     }
     return primary, sets, sources, found, summary
+
+
+CONTEXT_LABEL = "unsupported"
+"""Label set of RAG-shaped sets: 1 where the prompt's context does not state a reference answer."""
 
 
 def _versions() -> dict[str, str]:
@@ -224,11 +263,16 @@ def run_bench(
     embedder = embedder or SentenceEmbedder()
     config.out.mkdir(parents=True, exist_ok=True)
     items = load_qa(config.data)[: config.limit]
+    if any(item.supported is not None and item.context is None for item in items):
+        raise ValueError(f"{config.data}: a row says whether its context supports it but has no context")
     started = time.perf_counter()
 
-    greedy = _generate(scorer, items, config, 0, "generations.jsonl", "generating")
+    if config.answers_from is None:
+        greedy = _generate(scorer, items, config, 0, "generations.jsonl", "generating")
+    else:
+        greedy = _borrowed(items, config.answers_from)
     answers = [record["texts"][0] for record in greedy]
-    prompts = [qa_prompt(item.question) for item in items]
+    prompts = [item.prompt for item in items]
     judged = judge_all([i.question for i in items], answers, [i.answers for i in items], embedder)
     primary, labels, sources, audited, label_summary = _labels(config, items, answers, judged)
 
@@ -267,6 +311,7 @@ def run_bench(
     results: dict[str, Any] = {
         "config": json.loads(config.model_dump_json()),
         "model": scorer.model_name,
+        "answers_model": greedy[0]["settings"]["model"] if greedy else scorer.model_name,
         "profile": scorer.profile.model_dump(mode="json"),
         "data": {"source": config.data, "questions": len(items)},
         "primary_judge": primary,

@@ -8,6 +8,7 @@ error, ECE and Brier on answers neither step saw).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from semgrad_guard.results import RawField
 __all__ = [
     "COMBINED_FIELDS",
     "SINGLE_FIELDS",
+    "choose_map",
     "expected_calibration_error",
     "fit_calibration",
     "out_of_fold_risk",
@@ -118,6 +120,42 @@ def select_threshold(
     return chosen
 
 
+def choose_map(report: dict[str, dict[str, float]]) -> str:
+    """The candidate map to ship: best held-out discrimination first, then calibration.
+
+    The signal (one field, or the combination of all) with the highest cross-validated AUROC wins, and the
+    combination is eligible only when it beats every single field out of fold; among that signal's maps
+    (isotonic, logistic) the one with the lower cross-validated log-loss is taken.
+    """
+    signal_auroc: dict[str, float] = {}
+    for name, row in report.items():
+        signal = name.split(":", 1)[1]
+        signal_auroc[signal] = max(signal_auroc.get(signal, -1.0), row["cv_auroc"])
+    combined = signal_auroc.pop("combined", -1.0)
+    best = max(signal_auroc, key=lambda signal: signal_auroc[signal])
+    if combined > signal_auroc[best]:
+        best = "combined"
+    maps = [name for name in report if name.split(":", 1)[1] == best]
+    return min(maps, key=lambda name: report[name]["cv_log_loss"])
+
+
+def _error_threshold(
+    fit_risk: np.ndarray, risk: np.ndarray, wrong: np.ndarray, targets: list[float], delta: float
+) -> tuple[float | None, float | None]:
+    """The smallest reachable target error and its threshold, or (None, None) where none is reachable.
+
+    With several targets each is tested at delta / k, so the one kept still holds with probability at least
+    1 - delta (union bound). The candidate thresholds start where 10% of the fit split is accepted: smaller
+    sets cannot pass the test.
+    """
+    grid = np.unique(np.quantile(fit_risk, np.linspace(0.1, 1, GRID)))
+    for target in targets:
+        max_risk = select_threshold(risk, wrong, grid, target, delta / len(targets))
+        if max_risk is not None:
+            return target, max_risk
+    return None, None
+
+
 def out_of_fold_risk(
     rows: list[dict[str, float]], wrong: list[int], *, seed: int = 0, folds: int = 5
 ) -> np.ndarray:
@@ -146,7 +184,7 @@ def fit_calibration(
     labels: str,
     data: list[str],
     profile_name: str | None = None,
-    target_error: float | None = 0.1,
+    target_error: float | Sequence[float] | None = 0.1,
     delta: float = 0.05,
     target_coverage: float | None = None,
     seed: int = 0,
@@ -182,27 +220,34 @@ def fit_calibration(
                 "cv_log_loss": float(np.mean(losses)),
                 "cv_auroc": auroc(y_all[fit], predicted[fit]),
             }
-    method = min(report, key=lambda name: report[name]["cv_log_loss"])
+    method = choose_map(report)
     kind, fields = candidates[method]
     mapping = _fit_map(kind, fields, x_of[method][fit], y_all[fit])
     risk = _predict(mapping, x_of[method])
 
+    threshold, reason = None, None
     if target_coverage is not None:
-        max_risk: float | None = _coverage_threshold(risk[cal], target_coverage)
+        reached: tuple[float | None, float | None] = (None, _coverage_threshold(risk[cal], target_coverage))
         rule: Literal["error-guarantee", "coverage"] = "coverage"
     else:
         assert target_error is not None
-        # The sequence starts where 10% of the fit split is accepted: smaller sets cannot pass the test.
-        grid = np.unique(np.quantile(risk[fit], np.linspace(0.1, 1, GRID)))
-        max_risk = select_threshold(risk[cal], y_all[cal], grid, target_error, delta)
+        targets = sorted([target_error] if isinstance(target_error, float | int) else target_error)
+        reached = _error_threshold(risk[fit], risk[cal], y_all[cal], targets, delta)
         rule = "error-guarantee"
-    threshold = None
+        if reached[1] is None:
+            reason = (
+                f"no risk level keeps the error among accepted answers at or below "
+                f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on the {len(cal)} "
+                f"calibration answers (their error rate is {y_all[cal].mean():.2f}): decide with max_risk= "
+                "or a raw threshold"
+            )
+    target, max_risk = reached
     if max_risk is not None:
         accepted = risk[test] <= max_risk
         threshold = Threshold(
             max_risk=max_risk,
             rule=rule,
-            target_error=target_error if rule == "error-guarantee" else None,
+            target_error=target,
             delta=delta if rule == "error-guarantee" else None,
             target_coverage=target_coverage,
             calibration_n=len(cal),
@@ -210,6 +255,10 @@ def fit_calibration(
             test_error=float(y_all[test][accepted].mean()) if accepted.any() else None,
             test_n=len(test),
         )
+    # Each same-pass signal alone on the test answers: what the chosen risk's auroc_after is compared with.
+    single_test = {
+        f"auroc_{field}": auroc(y_all[test], x_of[f"isotonic:{field}"][test, 0]) for field in SINGLE_FIELDS
+    }
     raw = np.array([math.log(rows[i]["semgrad"] + 1e-12) for i in range(len(rows))])
     low, high = raw[fit].min(), raw[fit].max()
     before = np.clip((raw - low) / (high - low + 1e-12), 0, 1)
@@ -221,13 +270,14 @@ def fit_calibration(
         "ece_after": expected_calibration_error(y_all[test], risk[test]),
         "brier_after": float(((risk[test] - y_all[test]) ** 2).mean()),
         "auroc_after": auroc(y_all[test], risk[test]),
-    }
+    } | single_test
     return CalibrationBundle(
         model=model,
         profile_name=profile_name,
         method=method,
         map=mapping,
         threshold=threshold,
+        no_threshold_reason=reason,
         labels=labels,
         data=data,
         created=datetime.now(timezone.utc),
