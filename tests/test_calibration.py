@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from semgrad_guard import SemGradScorer
-from semgrad_guard.calibration import CalibrationBundle, LogisticMap, Threshold, features
+from semgrad_guard.calibration import DEFAULT_CALIBRATION, CalibrationBundle, LogisticMap, Threshold, features
 from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, _fit_map, choose_map, fit_calibration
+from semgrad_guard.named_models import NAMED_MODELS
 
 FIELDS = list(SINGLE_FIELDS)
 
@@ -157,3 +158,16 @@ def test_bundle_json_round_trip(tmp_path: Path) -> None:
 def test_invalid_scores_are_left_alone(make_tiny: Callable[..., SemGradScorer]) -> None:
     score = make_tiny(calibration=hand_made(0.5)).score("Hi?", "", errors="mark")
     assert not score.valid and score.risk is None
+
+
+@pytest.mark.parametrize("path", sorted(DEFAULT_CALIBRATION.parent.glob("*.json")), ids=lambda p: p.stem)
+def test_shipped_bundles_follow_the_fitting_rules(path: Path) -> None:
+    # Each shipped bundle names a model the package can load, was chosen by the documented rule from its own
+    # candidates, and either carries an error-guarantee threshold or says why it has none.
+    bundle = CalibrationBundle.load(path)
+    assert bundle.model in {"SmolLM2-135M-Instruct.Q4_1.gguf", *NAMED_MODELS}  # the embedded file or a name
+    assert choose_map(bundle.candidates) == bundle.method
+    if bundle.threshold is None:
+        assert bundle.no_threshold_reason
+    else:
+        assert bundle.threshold.rule == "error-guarantee" and bundle.no_threshold_reason is None

@@ -1,0 +1,107 @@
+"""Side-by-side tables of finished bench runs: both models, self vs proxy scoring, and the RAG-shaped set.
+
+Run from the repository root after the runs in benchmarks/README.md (no model is loaded)::
+
+    python benchmarks/compare_models.py --out benchmarks/results/models.md
+
+Every cell is AUROC with its 95% bootstrap interval under the run's main labels (incorrect, or for the
+RAG-shaped set "the context does not state the answer", is the positive class), as stored in each run's
+results.json; the label rows say which labels those are and how many rows each run has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("benchmarks/results")
+EMBEDDED, QWEN = RESULTS / "embedded", RESULTS / "qwen2.5-coder-1.5b"
+SETS = ("sciq", "truthfulqa")
+METHODS = (
+    "semgrad",
+    "hybridgrad",
+    "exgrad",
+    "pe",
+    "ln_pe",
+    "mean_entropy",
+    "max_token_nll",
+    "combined",
+    "length",
+    "neg_length",
+)
+SELF = {  # column -> run folder; the embedded rows are the same first 200 questions as Qwen's
+    "SmolLM2 SciQ": EMBEDDED / "first-200" / "sciq",
+    "SmolLM2 TruthfulQA": EMBEDDED / "first-200" / "truthfulqa",
+    "Qwen-1.5B SciQ": QWEN / "sciq",
+    "Qwen-1.5B TruthfulQA": QWEN / "truthfulqa",
+}
+PROXY = {  # (answers by, scored by) -> run folder per set
+    ("SmolLM2", "SmolLM2 (self)"): EMBEDDED / "first-200",
+    ("SmolLM2", "Qwen-1.5B (proxy)"): QWEN / "scores-smollm2",
+    ("Qwen-1.5B", "Qwen-1.5B (self)"): QWEN,
+    ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
+}
+RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
+
+
+def _load(folder: Path) -> dict[str, Any] | None:
+    path = folder / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _cell(results: dict[str, Any] | None, method: str) -> str:
+    if results is None:
+        return "not run"
+    found = results["metrics"][results["primary_judge"]].get(method)
+    if found is None:
+        return ""
+    low, high = found["auroc_ci"]
+    return f"{found['auroc']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _labels(results: dict[str, Any] | None) -> str:
+    if results is None:
+        return "not run"
+    summary, main = results["labels"], results["primary_judge"]
+    if main == "audited":
+        what = f"audited ({summary['audited_rows']}, {summary['unsure_rows']} unsure"
+        what += f"; {summary['fallback_rows']} key-match)" if summary["fallback_rows"] else ")"
+    else:
+        what = main
+    return f"{what}; {results['error_rate'][main]:.1%} positive of {results['data']['questions']}"
+
+
+def _table(columns: dict[str, dict[str, Any] | None], methods: tuple[str, ...]) -> list[str]:
+    lines = ["| | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    lines.append("| labels | " + " | ".join(_labels(r) for r in columns.values()) + " |")
+    lines += [f"| {m} | " + " | ".join(_cell(r, m) for r in columns.values()) + " |" for m in methods]
+    return lines
+
+
+def report() -> str:
+    """The three tables as markdown."""
+    out = ["## Self-scoring: each model scores its own greedy answers (first 200 dev questions)", ""]
+    out += _table({name: _load(folder) for name, folder in SELF.items()}, METHODS)
+    out += ["", "## Proxy scoring: one model's answers scored by another (first 200 dev questions)", ""]
+    for name in SETS:
+        columns = {f"{by} answers, {scorer}": _load(folder / name) for (by, scorer), folder in PROXY.items()}
+        out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
+    out += ["## RAG-shaped set: does the risk separate answers the context does not support?", ""]
+    out += _table({name: _load(folder) for name, folder in RAG.items()}, METHODS)
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "models.md")
+    args = parser.parse_args()
+    text = report()
+    args.out.write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
