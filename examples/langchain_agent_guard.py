@@ -34,7 +34,7 @@ from pydantic import Field
 from semgrad_guard import default_scorer
 
 # Untrusted above the median raw SemGrad of the embedded model's calibration answers (docs/calibration.md):
-# illustrative, not tuned for agent answers. (Its calibrated risks of these answers all lie near 0.8.)
+# illustrative, not tuned for agent answers. (Its calibrated risks of these answers lie from 0.83 to 0.90.)
 THRESHOLD = 4.4e-5
 SYSTEM = "Answer the user's question in one short sentence, using the tool result."
 QUESTIONS = [

@@ -11,10 +11,10 @@ import time
 from langchain_local_model import fact_store, local_chat_model
 from langchain_semgrad import GuardResult, SemGradGuard
 
-from semgrad_guard import default_scorer
-
-# No raw threshold: the default scorer carries the embedded model's shipped calibration
-# (docs/calibration.md), which is weak on a 135M model; fit your own for real use.
+# The default scorer carries the embedded model's shipped calibration, whose bundle has no threshold of its
+# own: on this 135M model no risk level meets an error target. 0.832 is the median calibrated risk of its
+# benchmark answers (docs/calibration.md): it accepts about half of them, a working point, not a guarantee.
+MAX_RISK = 0.832
 SYSTEM = "Answer the question directly with one or a few words."
 
 QUESTIONS = [
@@ -36,20 +36,12 @@ def report(question: str, answer: str, result: GuardResult) -> None:
     print(f"   A: {answer.strip()!r}")
 
 
-def guarded_threshold() -> float:
-    """The shipped calibration's acceptance threshold on the calibrated risk."""
-    calibration = default_scorer().calibration
-    assert calibration is not None and calibration.threshold is not None
-    return calibration.threshold.max_risk
-
-
 def main() -> None:
     start = time.perf_counter()
     llm, store = local_chat_model(max_new_tokens=16), fact_store()
     retriever = store.as_retriever(search_kwargs={"k": 1})
-    guarded = SemGradGuard(llm, policy="retrieve", retriever=retriever)
-    threshold = guarded_threshold()
-    print(f"Set-up {time.perf_counter() - start:.1f} s; calibrated risk > {threshold:.3f} = low confidence\n")
+    guarded = SemGradGuard(llm, policy="retrieve", retriever=retriever, max_risk=MAX_RISK)
+    print(f"Set-up {time.perf_counter() - start:.1f} s; calibrated risk > {MAX_RISK} = low confidence\n")
 
     # A system turn plus the question; on the retrieve route the context joins the question's turn.
     chats = [[("system", SYSTEM), ("human", question)] for question in QUESTIONS]

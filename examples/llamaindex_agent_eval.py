@@ -43,8 +43,11 @@ from llamaindex_rag_eval import DOCS, ScoreEventLog, minilm_path
 
 from semgrad_guard import default_scorer
 
-# The shipped calibration's own acceptance rule is risk <= 0.836 (docs/calibration.md): confidence >= 0.164.
-BELOW = 0.164
+# The shipped bundle of the embedded model has no threshold of its own, so the evaluator is given one:
+# risk <= 0.832, the median calibrated risk of the benchmark answers (docs/calibration.md; about half of
+# them pass, not a guarantee), i.e. confidence >= 0.168.
+MAX_RISK = 0.832
+BELOW = round(1 - MAX_RISK, 3)
 SYSTEM = "Answer the question in one short sentence, using the search result."
 QUESTIONS = [
     "When was Harbor Lane Library founded?",
@@ -93,7 +96,7 @@ async def main() -> None:
     runs = [await arecord_agent_run(agent.run(user_msg=question)) for question in QUESTIONS]
     handler.flush()
     answered = time.perf_counter()
-    results = await aevaluate_agent_runs(SemGradEvaluator(), runs)
+    results = await aevaluate_agent_runs(SemGradEvaluator(max_risk=MAX_RISK), runs)
     evaluated = time.perf_counter()
 
     print(f"model: {default_scorer().model_name}; agent LLM: scripted tool call, then SmolLM2\n")

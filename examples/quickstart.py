@@ -8,6 +8,10 @@ QA_PROMPT = "Please directly answer the following question with one or few words
 # (docs/calibration.md). Any Hugging Face causal LM id, folder or .gguf works too (then fit a calibration of
 # its own with `semgrad-guard calibrate`).
 scorer = SemGradScorer()
+# That bundle has no threshold of its own (on a 135M model no risk level meets an error target), so decide on
+# the calibrated risk: 0.832 is the median risk of the model's benchmark answers (docs/calibration.md),
+# accepting about half of them; a working point, not a guarantee.
+MAX_RISK = 0.832
 
 print("1. Self-scoring: the model answers, then scores its own tokens (one forward + one backward).")
 for question in [
@@ -29,7 +33,7 @@ pairs = [
 for (question, answer), s in zip(
     pairs, scorer.score_batch([(QA_PROMPT.format(q), a) for q, a in pairs]), strict=True
 ):
-    flag = "LOW CONFIDENCE" if s.low_confidence else "accepted"
+    flag = "LOW CONFIDENCE" if s.risk > MAX_RISK else "accepted"
     print(f"  {question:<60} {answer!r:<18} semgrad={s.semgrad:.2e} risk={s.risk:.3f} {flag}")
 
 print(

@@ -24,9 +24,10 @@ def test_scores_query_plus_context_under_the_qa_template(li_scorer: SemGradScore
     assert source == "query + 1 contexts (QA template)"
     assert isinstance(prompt, str) is False and CONTEXT in prompt[-1]["content"]
     assert not result.invalid_result and result.invalid_reason is None
-    # the shipped calibration: score is the confidence, passing its verdict on the same quantity
+    # the shipped calibration: score is the confidence, passing the bundle's own verdict on it (None when
+    # the bundle has no threshold, as the embedded model's has none)
     assert direct.confidence is not None and result.score == pytest.approx(direct.confidence, rel=1e-6)
-    assert result.passing is (not direct.low_confidence)
+    assert result.passing is (None if direct.low_confidence is None else not direct.low_confidence)
     assert f"position={direct.position}" in result.feedback
     assert li_scorer.model_name in result.feedback and "semgrad=" in result.feedback
     assert result.query == QUERY and result.response == ANSWER and result.contexts == [CONTEXT]

@@ -73,12 +73,15 @@ def test_untrusted_answers_go_to_the_fallback(li_scorer: SemGradScorer) -> None:
 
 
 def test_no_threshold_with_a_fallback_raises(li_scorer: SemGradScorer) -> None:
-    uncalibrated = SemGradScorer((li_scorer.model, li_scorer.tokenizer), calibration=None)
-    guarded = SemGradQueryEngine(
-        Fixed(answer="Noon.", returned=[]), scorer=uncalibrated, fallback_query_engine=Fixed()
-    )
-    with pytest.raises(NoThresholdError):
-        guarded.query("When does it open?")
+    assert li_scorer.calibration is not None
+    thresholdless = li_scorer.calibration.model_copy(update={"threshold": None})  # as the embedded bundle
+    for calibration in (None, thresholdless):
+        scorer = SemGradScorer((li_scorer.model, li_scorer.tokenizer), calibration=calibration)
+        guarded = SemGradQueryEngine(
+            Fixed(answer="Noon.", returned=[]), scorer=scorer, fallback_query_engine=Fixed()
+        )
+        with pytest.raises(NoThresholdError):
+            guarded.query("When does it open?")
     unguarded = SemGradQueryEngine(Fixed(answer="Noon.", returned=[]), scorer=li_scorer)
     assert unguarded.query("When does it open?").metadata["semgrad_route"] == "primary"
 
