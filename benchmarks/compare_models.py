@@ -12,10 +12,15 @@ results.json; the label rows say which labels those are and how many rows each r
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from semgrad_guard.evaluation.metrics import auroc, bootstrap_auroc_difference
 
 RESULTS = Path("benchmarks/results")
 EMBEDDED, QWEN = RESULTS / "embedded", RESULTS / "qwen2.5-coder-1.5b"
@@ -45,6 +50,8 @@ PROXY = {  # (answers by, scored by) -> run folder per set
     ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
 }
 RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
+SAMPLED = {"Qwen-1.5B SciQ": QWEN / "sciq-k10", "Qwen-1.5B TruthfulQA": QWEN / "truthfulqa-k10"}
+SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 
 
 def _load(folder: Path) -> dict[str, Any] | None:
@@ -62,6 +69,19 @@ def _cell(results: dict[str, Any] | None, method: str) -> str:
     return f"{found['auroc']:.3f} [{low:.3f}, {high:.3f}]"
 
 
+def _difference(folder: Path, first: str, second: str) -> str:
+    """AUROC(first) - AUROC(second) on the run's rows, with its paired 95% bootstrap interval."""
+    path = folder / "rows.csv"
+    if not path.is_file():
+        return "not run"
+    with path.open(encoding="utf-8", newline="") as source:
+        rows = [r for r in csv.DictReader(source) if r[first] != "nan" and r[second] != "nan"]
+    y = np.array([int(r["incorrect"]) for r in rows])
+    a, b = (np.array([float(r[m]) for r in rows]) for m in (first, second))
+    low, high = bootstrap_auroc_difference(y, a, b)
+    return f"{auroc(y, a) - auroc(y, b):+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def _labels(results: dict[str, Any] | None) -> str:
     if results is None:
         return "not run"
@@ -74,23 +94,29 @@ def _labels(results: dict[str, Any] | None) -> str:
     return f"{what}; {results['error_rate'][main]:.1%} positive of {results['data']['questions']}"
 
 
-def _table(columns: dict[str, dict[str, Any] | None], methods: tuple[str, ...]) -> list[str]:
-    lines = ["| | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
-    lines.append("| labels | " + " | ".join(_labels(r) for r in columns.values()) + " |")
-    lines += [f"| {m} | " + " | ".join(_cell(r, m) for r in columns.values()) + " |" for m in methods]
+def _table(folders: dict[str, Path], methods: tuple[str, ...]) -> list[str]:
+    """Labels, each method's AUROC [CI] and SemGrad minus mean entropy, one column per run folder."""
+    runs = {name: _load(folder) for name, folder in folders.items()}
+    lines = ["| | " + " | ".join(runs) + " |", "| --- |" + " --- |" * len(runs)]
+    lines.append("| labels | " + " | ".join(_labels(r) for r in runs.values()) + " |")
+    lines += [f"| {m} | " + " | ".join(_cell(r, m) for r in runs.values()) + " |" for m in methods]
+    gaps = (_difference(folder, "semgrad", "mean_entropy") for folder in folders.values())
+    lines.append("| semgrad - mean_entropy | " + " | ".join(gaps) + " |")
     return lines
 
 
 def report() -> str:
     """The three tables as markdown."""
     out = ["## Self-scoring: each model scores its own greedy answers (first 200 dev questions)", ""]
-    out += _table({name: _load(folder) for name, folder in SELF.items()}, METHODS)
+    out += _table(SELF, METHODS)
     out += ["", "## Proxy scoring: one model's answers scored by another (first 200 dev questions)", ""]
     for name in SETS:
-        columns = {f"{by} answers, {scorer}": _load(folder / name) for (by, scorer), folder in PROXY.items()}
+        columns = {f"{by} answers, {scorer}": folder / name for (by, scorer), folder in PROXY.items()}
         out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
     out += ["## RAG-shaped set: does the risk separate answers the context does not support?", ""]
-    out += _table({name: _load(folder) for name, folder in RAG.items()}, METHODS)
+    out += _table(RAG, METHODS)
+    out += ["", "## Sampling baselines (K=10) beside the single pass: Qwen, first 50 dev questions", ""]
+    out += _table(SAMPLED, (*METHODS[:8], *SAMPLING, "length"))
     return "\n".join(out) + "\n"
 
 

@@ -289,7 +289,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.samples is None:
         args.samples = 0 if args.answers_from else 10
-    results = run_bench(_config(BenchConfig, args))
+    try:
+        results = run_bench(_config(BenchConfig, args))
+    except (SemGradError, ValueError, OSError) as exc:  # bad flags, data or --answers-from: one line
+        print(f"semgrad-guard: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
     print(markdown_table(results))
     print(
         f"wrote {args.out}/results.json, rows.csv, results.md and plots in {results['seconds_total']:.0f} s"

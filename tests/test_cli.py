@@ -399,3 +399,17 @@ def test_python_m_service_is_the_serve_command() -> None:
         [sys.executable, "-m", "semgrad_guard.service", "--help"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("usage: semgrad-guard serve") and "--max-queue" in out.stdout
+
+
+def test_bench_refuses_bad_proxy_flags_in_one_line(tiny_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Capital of France?", "answers": ["Paris"]}\n', encoding="utf-8")
+    base = ["bench", "--data", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "out")]
+    # Sampling baselines would sample the scoring model, not the one whose answers are scored.
+    assert main([*base, "--answers-from", str(tmp_path), "--samples", "3"]) == 2
+    assert "samples=0 with answers_from" in capsys.readouterr().err
+    # A folder without that question's greedy answer: refused before anything is scored or written.
+    assert main([*base, "--answers-from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no greedy answer for 1 questions" in err
+    assert not (tmp_path / "out" / "scores.jsonl").exists()
