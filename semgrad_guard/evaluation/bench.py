@@ -28,7 +28,7 @@ from semgrad_guard.evaluation.audit import AuditedLabel, find_labels, load_label
 from semgrad_guard.evaluation.datasets import QAItem, load_qa
 from semgrad_guard.evaluation.embeddings import SentenceEmbedder
 from semgrad_guard.evaluation.judges import FALLBACK_JUDGE, JUDGES, JudgeName, judge_all
-from semgrad_guard.evaluation.methods import GRADIENT, METHODS, SAMPLING, SANITY, SINGLE_PASS
+from semgrad_guard.evaluation.methods import CONTEXT_LABEL, GRADIENT, METHODS, SAMPLING, SANITY, SINGLE_PASS
 from semgrad_guard.results import Score
 from semgrad_guard.scorer import SemGradScorer
 
@@ -236,10 +236,6 @@ def _labels(
         "main_sources": {source: sources.count(source) for source in sorted(set(sources))},
     }
     return primary, sets, sources, found, summary
-
-
-CONTEXT_LABEL = "unsupported"
-"""Label set of RAG-shaped sets: 1 where the prompt's context does not state a reference answer."""
 
 
 def _versions() -> dict[str, str]:

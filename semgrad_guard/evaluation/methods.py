@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COMBINED", "GRADIENT", "METHODS", "SAMPLING", "SANITY", "SINGLE_PASS"]
+__all__ = ["COMBINED", "CONTEXT_LABEL", "GRADIENT", "METHODS", "SAMPLING", "SANITY", "SINGLE_PASS"]
 
 SINGLE_PASS = {  # method -> Score field; all come from the one forward/backward pass
     "semgrad": "semgrad",
@@ -18,3 +18,4 @@ SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 SANITY = ("length", "neg_length", "random")
 METHODS = (*SINGLE_PASS, *COMBINED, *SAMPLING, *SANITY)
 GRADIENT = ("semgrad", "hybridgrad", "exgrad")
+CONTEXT_LABEL = "unsupported"  # label set of RAG-shaped sets: 1 where the context does not state a reference

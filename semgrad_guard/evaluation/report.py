@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from semgrad_guard.evaluation import metrics
+from semgrad_guard.evaluation.methods import CONTEXT_LABEL
 
 __all__ = [
     "label_description",
@@ -31,6 +32,8 @@ def label_description(results: dict[str, Any]) -> str:
     """Which labels the main table uses, and how many rows fell back to an automatic judge."""
     primary = results["primary_judge"]
     summary = results.get("labels")
+    if primary == CONTEXT_LABEL:
+        return f"labels by construction (`{CONTEXT_LABEL}`: the context does not state a reference answer)"
     if primary != "audited" or summary is None:
         return f"labels from the `{primary}` judge"
     fallback = summary["fallback_rows"]
@@ -44,10 +47,15 @@ def markdown_table(results: dict[str, Any]) -> str:
     """Every method under the main labels, then AUROC under each label set, then any flags."""
     primary = results["primary_judge"]
     costs = results["cost_seconds_per_question"]
+    answers = results.get("answers_model", results["model"])
+    positive = "Unsupported" if primary == CONTEXT_LABEL else "Incorrect"
+    rate = f"{positive.lower().replace('incorrect', 'error')} rate {results['error_rate'][primary]:.1%}"
     lines = [
-        f"Model `{results['model']}`, data `{results['data']['source']}` ({results['data']['questions']} "
-        f"questions), {label_description(results)} (error rate {results['error_rate'][primary]:.1%}).",
-        "Incorrect = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval. "
+        f"Model `{results['model']}`"
+        + ("" if answers == results["model"] else f" scoring the answers of `{answers}`")
+        + f", data `{results['data']['source']}` ({results['data']['questions']} "
+        f"questions), {label_description(results)} ({rate}).",
+        f"{positive} = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval. "
         "`combined` is fitted out of fold on these labels.",
         "",
         "| method | AUROC [95% CI] | AUPRC | PRR | AURC | cost s/question |",
