@@ -43,8 +43,8 @@ def test_a_label_applies_only_to_the_exact_answer(tmp_path: Path) -> None:
 
 
 def test_named_sets_find_the_shipped_labels_and_paths_do_not() -> None:
-    found = find_labels("sciq")
-    assert found and found[0].name == "sciq.jsonl" and found[0].parent.name == "labels"
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "labels"
+    assert find_labels("sciq") == [shipped / "qwen2.5-coder-1.5b" / "sciq.jsonl", shipped / "sciq.jsonl"]
     assert find_labels("some/other.jsonl") == []
 
 
@@ -58,7 +58,9 @@ def test_each_models_labels_are_found_and_merged(tmp_path: Path, monkeypatch: py
     found = find_labels("sciq")
     assert found == [tmp_path / "other-model" / "sciq.jsonl", tmp_path / "sciq.jsonl"]
     assert load_labels(*found) == {(PARIS.question, PARIS.answer): PARIS, (ROME.question, ROME.answer): ROME}
-    assert find_labels("truthfulqa")[0].parent.name == "labels"  # none there: the shipped ones
+    assert Path(__file__).resolve().parents[1] / "benchmarks" / "labels" / "truthfulqa.jsonl" in find_labels(
+        "truthfulqa"
+    )  # none there: the shipped ones
 
     write_labels(tmp_path / "sciq.jsonl", [PARIS.model_copy(update={"incorrect": 1})])
     with pytest.raises(ValueError, match="reconcile"):
