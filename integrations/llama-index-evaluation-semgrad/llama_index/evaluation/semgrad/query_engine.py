@@ -296,8 +296,8 @@ class SemGradQueryEngine(BaseQueryEngine):
         verdict = trusted(score, self._threshold, self._threshold_field, self._max_risk)
         if verdict is None:
             raise NoThresholdError(
-                "SemGradQueryEngine has a fallback but nothing to decide with: pass max_risk= or threshold=, or "
-                "load a calibration bundle that has a threshold of its own"
+                "SemGradQueryEngine has a fallback but nothing to decide with: pass max_risk= or threshold=, "
+                "or load a calibration bundle that has a threshold of its own"
             )
         return not verdict
 
