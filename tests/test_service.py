@@ -449,7 +449,7 @@ def test_every_adapter_scores_through_the_service_by_environment(
     chat = FakeListChatModel(responses=[answer])
 
     def guarded(scorer: Scorer | None) -> Score:
-        message = SemGradGuard(chat, scorer=scorer).invoke(question)
+        message = SemGradGuard(chat, scorer=scorer, max_risk=0.5).invoke(question)
         return Score.model_validate(message.response_metadata["semgrad"]["score"])
 
     def observed(scorer: Scorer | None) -> Score:
@@ -460,8 +460,8 @@ def test_every_adapter_scores_through_the_service_by_environment(
 
     for adapter in (guarded, observed):
         assert_same([adapter(None)], [adapter(tiny_scorer)])
-    remote = SemGradEvaluator().evaluate(query=question, response=answer)
-    local = SemGradEvaluator(scorer=tiny_scorer).evaluate(query=question, response=answer)
+    remote = SemGradEvaluator(max_risk=0.5).evaluate(query=question, response=answer)
+    local = SemGradEvaluator(scorer=tiny_scorer, max_risk=0.5).evaluate(query=question, response=answer)
     assert remote.score is not None and local.score is not None
     assert (remote.passing, remote.invalid_result) == (local.passing, local.invalid_result)
     assert math.isclose(remote.score, local.score, rel_tol=1e-3)

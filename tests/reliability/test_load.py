@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -183,6 +184,10 @@ def test_a_caller_sharing_a_refused_pairs_pass_gets_a_typed_error(
     scorer, _ = stalled
     for p in PAIRS[:3]:  # one running, two queued: the queue is full
         threading.Thread(target=scorer.score, args=p, daemon=True).start()
+    deadline = time.monotonic() + DEADLOCK_S
+    while not scorer._batcher._queue.full():  # on a loaded machine the three take a while to get there
+        assert time.monotonic() < deadline, "the three pairs never filled the queue"
+        time.sleep(0.01)
     claimed = threading.Event()
     claim = scorer._reuse.claim
     scorer._reuse.claim = lambda key: (claim(key), claimed.set())[0]
