@@ -50,7 +50,7 @@ PROXY = {  # (answers by, scored by) -> run folder per set
     ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
 }
 RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
-SAMPLED = {"Qwen-1.5B SciQ": QWEN / "sciq-k10", "Qwen-1.5B TruthfulQA": QWEN / "truthfulqa-k10"}
+SAMPLED = {"Qwen-1.5B SciQ": QWEN / "sciq-k10"}
 SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 
 
@@ -115,7 +115,7 @@ def report() -> str:
         out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
     out += ["## RAG-shaped set: does the risk separate answers the context does not support?", ""]
     out += _table(RAG, METHODS)
-    out += ["", "## Sampling baselines (K=10) beside the single pass: Qwen, first 50 dev questions", ""]
+    out += ["", "## Sampling baselines (K=10) beside the single pass: Qwen, first 50 SciQ dev questions", ""]
     out += _table(SAMPLED, (*METHODS[:8], *SAMPLING, "length"))
     return "\n".join(out) + "\n"
 

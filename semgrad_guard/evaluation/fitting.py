@@ -98,26 +98,52 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
                      for b in range(bins) if (index == b).any()))  # fmt: skip
 
 
-def select_threshold(
-    risk: np.ndarray, wrong: np.ndarray, grid: np.ndarray, target_error: float, delta: float
-) -> float | None:
-    """Largest grid risk whose acceptance set has error <= target_error, at confidence 1 - delta.
-
-    Learn-then-test with fixed-sequence testing: each grid point is the null hypothesis "error among answers
-    with risk <= lambda exceeds target_error", tested with an exact binomial tail on the calibration split,
-    in increasing order of lambda (an order fixed before the labels are seen), stopping at the first that is
-    not rejected. With probability at least 1 - delta every lambda it passes meets the target.
-    """
+def _error_p_value(risk: np.ndarray, wrong: np.ndarray, lam: float, target_error: float) -> float:
+    """Exact binomial p-value of "error among answers with risk <= lam exceeds target_error" (1 if none)."""
     from scipy.stats import binom
 
-    chosen = None
-    for lam in np.sort(grid):
-        accepted = risk <= lam
-        n, errors = int(accepted.sum()), int(wrong[accepted].sum())
-        if not n or binom.cdf(errors, n, target_error) > delta:
+    accepted = risk <= lam
+    n = int(accepted.sum())
+    return float(binom.cdf(int(wrong[accepted].sum()), n, target_error)) if n else 1.0
+
+
+def select_threshold(
+    risk: np.ndarray, wrong: np.ndarray, order: np.ndarray, target_error: float, delta: float
+) -> float | None:
+    """Largest risk level whose acceptance set has error <= target_error, at confidence 1 - delta.
+
+    Learn-then-test with fixed-sequence testing: each candidate level in ``order`` is the null hypothesis
+    "error among answers with risk <= lambda exceeds target_error", tested with an exact binomial tail on the
+    calibration split in the given order (which must not depend on these labels), stopping at the first
+    that is not rejected. With probability at least 1 - delta every lambda it passes meets the target.
+    """
+    passed = []
+    for lam in order:
+        if _error_p_value(risk, wrong, float(lam), target_error) > delta:
             break
-        chosen = float(lam)
-    return chosen
+        passed.append(float(lam))
+    return max(passed) if passed else None
+
+
+def _error_threshold(
+    fit: tuple[np.ndarray, np.ndarray], cal: tuple[np.ndarray, np.ndarray], targets: list[float], delta: float
+) -> tuple[float | None, float | None]:
+    """The smallest reachable target error and its threshold, or (None, None) where none is reachable.
+
+    The candidate levels are quantiles of the fit split's risks, tested on the calibration split in the order
+    of their p-values on the fit split (most promising first, ties by level): an order the calibration
+    labels do not influence, which puts well-supported levels ahead of small acceptance sets that cannot pass.
+    With several targets each is tested at delta / k, so the one kept still holds with probability at least
+    1 - delta (union bound).
+    """
+    grid = np.unique(np.quantile(fit[0], np.linspace(0.02, 1, GRID)))
+    for target in targets:
+        promise = np.array([_error_p_value(*fit, float(lam), target) for lam in grid])
+        order = grid[np.lexsort((grid, promise))]
+        max_risk = select_threshold(*cal, order, target, delta / len(targets))
+        if max_risk is not None:
+            return target, max_risk
+    return None, None
 
 
 def choose_map(report: dict[str, dict[str, float]]) -> str:
@@ -137,23 +163,6 @@ def choose_map(report: dict[str, dict[str, float]]) -> str:
         best = "combined"
     maps = [name for name in report if name.split(":", 1)[1] == best]
     return min(maps, key=lambda name: report[name]["cv_log_loss"])
-
-
-def _error_threshold(
-    fit_risk: np.ndarray, risk: np.ndarray, wrong: np.ndarray, targets: list[float], delta: float
-) -> tuple[float | None, float | None]:
-    """The smallest reachable target error and its threshold, or (None, None) where none is reachable.
-
-    With several targets each is tested at delta / k, so the one kept still holds with probability at least
-    1 - delta (union bound). The candidate thresholds start where 10% of the fit split is accepted: smaller
-    sets cannot pass the test.
-    """
-    grid = np.unique(np.quantile(fit_risk, np.linspace(0.1, 1, GRID)))
-    for target in targets:
-        max_risk = select_threshold(risk, wrong, grid, target, delta / len(targets))
-        if max_risk is not None:
-            return target, max_risk
-    return None, None
 
 
 def out_of_fold_risk(
@@ -232,7 +241,7 @@ def fit_calibration(
     else:
         assert target_error is not None
         targets = sorted([target_error] if isinstance(target_error, float | int) else target_error)
-        reached = _error_threshold(risk[fit], risk[cal], y_all[cal], targets, delta)
+        reached = _error_threshold((risk[fit], y_all[fit]), (risk[cal], y_all[cal]), targets, delta)
         rule = "error-guarantee"
         if reached[1] is None:
             reason = (
