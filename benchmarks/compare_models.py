@@ -50,8 +50,6 @@ PROXY = {  # (answers by, scored by) -> run folder per set
     ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
 }
 RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
-SAMPLED = {"Qwen-1.5B SciQ": QWEN / "sciq-k10"}
-SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 
 
 def _load(folder: Path) -> dict[str, Any] | None:
@@ -115,8 +113,6 @@ def report() -> str:
         out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
     out += ["## RAG-shaped set: does the risk separate answers the context does not support?", ""]
     out += _table(RAG, METHODS)
-    out += ["", "## Sampling baselines (K=10) beside the single pass: Qwen, first 50 SciQ dev questions", ""]
-    out += _table(SAMPLED, (*METHODS[:8], *SAMPLING, "length"))
     return "\n".join(out) + "\n"
 
 
