@@ -98,6 +98,9 @@ def test_the_bench_records_the_fallback_per_row(tmp_path: Path) -> None:
     primary, sets, sources, _, summary = _labels(unlabelled, items, answers, judged)
     assert primary == FALLBACK_JUDGE and "audited" not in sets and summary["audited_rows"] == 0
 
+    with pytest.raises(ValueError, match="has no context"):  # support is a property of a context
+        QAItem(question="Capital of France?", answers=["Paris"], supported=True)
+
     # Rows asked with a context: the main label is whether the context supports the answer, known by
     # construction; the audited and judged correctness labels stay beside it.
     with_context = [i.model_copy(update={"context": "c", "supported": k != 1}) for k, i in enumerate(items)]

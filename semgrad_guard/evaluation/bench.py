@@ -84,6 +84,11 @@ def _asked(record: dict[str, Any]) -> tuple[str, str | None]:
     return record["question"], record.get("context")
 
 
+def _asking(question: str, context: str | None) -> dict[str, str]:
+    """A cached record's question and context fields, as :func:`_asked` reads them back."""
+    return {"question": question} | ({} if context is None else {"context": context})
+
+
 def _borrowed(items: list[QAItem], folder: Path) -> list[dict[str, Any]]:
     """The greedy answers another bench run cached in ``folder``, one per item, in the items' order."""
     path = folder / "generations.jsonl"
@@ -125,8 +130,7 @@ def _generate(
                         max_new_tokens=config.max_new_tokens,
                     )
                 cached = {
-                    "question": item.question,
-                    **({} if item.context is None else {"context": item.context}),
+                    **_asking(item.question, item.context),
                     "settings": settings,
                     "texts": texts,
                     "seconds": time.perf_counter() - start,
@@ -157,8 +161,7 @@ def _score(
         with path.open("a", encoding="utf-8") as sink:
             for i, score in zip(missing, fresh, strict=True):
                 record = {
-                    "question": keys[i][0],
-                    **({} if keys[i][1] is None else {"context": keys[i][1]}),
+                    **_asking(keys[i][0], keys[i][1]),
                     "answer": keys[i][2],
                     "setting": setting,
                     "seconds": seconds,
@@ -259,8 +262,6 @@ def run_bench(
     embedder = embedder or SentenceEmbedder()
     config.out.mkdir(parents=True, exist_ok=True)
     items = load_qa(config.data)[: config.limit]
-    if any(item.supported is not None and item.context is None for item in items):
-        raise ValueError(f"{config.data}: a row says whether its context supports it but has no context")
     started = time.perf_counter()
 
     if config.answers_from is None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["CONTEXT_PROMPT", "QA_PROMPT", "QAItem", "context_rows", "data_dirs", "load_qa", "qa_prompt"]
 
@@ -33,6 +33,12 @@ class QAItem(BaseModel):
     supported: bool | None = Field(
         default=None, description="Whether the context states a reference answer (known by construction)."
     )
+
+    @model_validator(mode="after")
+    def _support_needs_a_context(self) -> QAItem:
+        if self.supported is not None and self.context is None:
+            raise ValueError("the row says whether its context supports it but has no context")
+        return self
 
     @property
     def prompt(self) -> str:

@@ -48,13 +48,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     primary = results["primary_judge"]
     costs = results["cost_seconds_per_question"]
     answers = results.get("answers_model", results["model"])
-    positive = "Unsupported" if primary == CONTEXT_LABEL else "Incorrect"
-    rate = f"{positive.lower().replace('incorrect', 'error')} rate {results['error_rate'][primary]:.1%}"
+    positive, rate = ("Unsupported", "unsupported") if primary == CONTEXT_LABEL else ("Incorrect", "error")
     lines = [
         f"Model `{results['model']}`"
         + ("" if answers == results["model"] else f" scoring the answers of `{answers}`")
         + f", data `{results['data']['source']}` ({results['data']['questions']} "
-        f"questions), {label_description(results)} ({rate}).",
+        f"questions), {label_description(results)} ({rate} rate {results['error_rate'][primary]:.1%}).",
         f"{positive} = positive; higher score = more uncertain. AUROC with a 95% bootstrap interval. "
         "`combined` is fitted out of fold on these labels.",
         "",
