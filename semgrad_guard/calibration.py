@@ -117,6 +117,11 @@ class CalibrationBundle(BaseModel):
     data: list[str] = Field(description="Data sets the bundle was fitted on.")
     created: datetime
     candidates: dict[str, dict[str, float]] = Field(default_factory=dict, description="Held-out fit of each.")
+    single_cv_auroc: float | None = Field(
+        default=None,
+        description="Cross-validated AUROC of picking the best single field inside each fold: the bar the "
+        "combination had to beat (None in bundles made before it was recorded).",
+    )
     quality: dict[str, float] = Field(
         default_factory=dict, description="ECE, Brier, AUROC on the test split."
     )

@@ -1,8 +1,8 @@
 """Fitting calibration bundles from labelled scores (needs ``pip install 'semgrad-guard[bench]'``).
 
-The labelled rows are split three ways with a fixed seed: a fit split (choose and fit the map by 5-fold
-cross-validated log-loss), a calibration split (choose the threshold), and a test split (measure coverage,
-error, ECE and Brier on answers neither step saw).
+The labelled rows are split three ways with a fixed seed: a fit split (choose the map by 5-fold
+cross-validated AUROC, then log-loss, and fit it), a calibration split (choose the threshold), and a test
+split (measure coverage, error, ECE and Brier on answers neither step saw).
 """
 
 from __future__ import annotations
@@ -146,23 +146,33 @@ def _error_threshold(
     return None, None
 
 
-def choose_map(report: dict[str, dict[str, float]]) -> str:
+def choose_map(report: dict[str, dict[str, float]], single_cv_auroc: float) -> str:
     """The candidate map to ship: best held-out discrimination first, then calibration.
 
-    The signal (one field, or the combination of all) with the highest cross-validated AUROC wins, and the
-    combination is eligible only when it beats every single field out of fold; among that signal's maps
-    (isotonic, logistic) the one with the lower cross-validated log-loss is taken.
+    The combination wins when its cross-validated AUROC beats ``single_cv_auroc``, the cross-validated AUROC
+    of picking the best single field inside each fold (comparing with the best single field's own score
+    instead would reward the field that won by chance on these folds). Otherwise the single field with the
+    highest cross-validated AUROC wins; among that signal's maps (isotonic, logistic) the one with the lower
+    cross-validated log-loss is taken.
     """
     signal_auroc: dict[str, float] = {}
     for name, row in report.items():
         signal = name.split(":", 1)[1]
         signal_auroc[signal] = max(signal_auroc.get(signal, -1.0), row["cv_auroc"])
     combined = signal_auroc.pop("combined", -1.0)
-    best = max(signal_auroc, key=lambda signal: signal_auroc[signal])
-    if combined > signal_auroc[best]:
-        best = "combined"
+    best = "combined" if combined > single_cv_auroc else max(signal_auroc, key=lambda s: signal_auroc[s])
     maps = [name for name in report if name.split(":", 1)[1] == best]
     return min(maps, key=lambda name: report[name]["cv_log_loss"])
+
+
+def _picked_single_cv_auroc(x: np.ndarray, y: np.ndarray, fit: np.ndarray, folds: list[np.ndarray]) -> float:
+    """Mean held-out-fold AUROC of the single field (column of ``x``) that ranks best on the other folds."""
+    held_out = []
+    for fold in folds:
+        train = np.setdiff1d(fit, fold)
+        best = max(range(x.shape[1]), key=lambda j: np.nan_to_num(auroc(y[train], x[train, j])))
+        held_out.append(auroc(y[fold], x[fold, best]))
+    return float(np.nanmean(held_out))
 
 
 def out_of_fold_risk(
@@ -224,12 +234,14 @@ def fit_calibration(
                 break
             predicted[fold] = _predict(mapping, x[fold])
             losses.append(_log_loss(y_all[fold], predicted[fold]))
-        if losses:
+        if losses:  # AUROC per held-out fold, as cross_val_score does: pooling would mix each fold's map
             report[name] = {
                 "cv_log_loss": float(np.mean(losses)),
-                "cv_auroc": auroc(y_all[fit], predicted[fit]),
+                "cv_auroc": float(np.nanmean([auroc(y_all[fold], predicted[fold]) for fold in folds])),
             }
-    method = choose_map(report)
+    singles = np.column_stack([x_of[f"isotonic:{field}"][:, 0] for field in SINGLE_FIELDS])
+    single_cv_auroc = _picked_single_cv_auroc(singles, y_all, fit, folds)
+    method = choose_map(report, single_cv_auroc)
     kind, fields = candidates[method]
     mapping = _fit_map(kind, fields, x_of[method][fit], y_all[fit])
     risk = _predict(mapping, x_of[method])
@@ -291,5 +303,6 @@ def fit_calibration(
         data=data,
         created=datetime.now(timezone.utc),
         candidates=report,
+        single_cv_auroc=single_cv_auroc,
         quality=quality,
     )
