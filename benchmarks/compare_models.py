@@ -1,4 +1,4 @@
-"""Side-by-side tables of finished bench runs: both models, self vs proxy scoring, and the RAG-shaped set.
+"""Side-by-side tables of finished bench runs: both models, self vs proxy scoring, RAG, sampling baselines.
 
 Run from the repository root after the runs in benchmarks/README.md (no model is loaded)::
 
@@ -50,6 +50,12 @@ PROXY = {  # (answers by, scored by) -> run folder per set
     ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
 }
 RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
+SAMPLED = {  # the first 50 questions of each set; SmolLM2's samples are those of its full runs
+    f"{model} {title}": root / "first-50-k10" / name
+    for model, root in (("SmolLM2", EMBEDDED), ("Qwen-1.5B", QWEN))
+    for name, title in (("sciq", "SciQ"), ("truthfulqa", "TruthfulQA"))
+}
+SAMPLING = ("lexical_similarity", "semantic_entropy", "degree", "eigenvalue")
 
 
 def _load(folder: Path) -> dict[str, Any] | None:
@@ -80,6 +86,20 @@ def _difference(folder: Path, first: str, second: str) -> str:
     return f"{auroc(y, a) - auroc(y, b):+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def _key_match_shares(folder: Path) -> str:
+    """Share of answers the key-match judge finds wrong: among supported rows, then unsupported (RAG set)."""
+    path = folder / "rows.csv"
+    if not path.is_file():
+        return "not run"
+    with path.open(encoding="utf-8", newline="") as source:
+        rows = list(csv.DictReader(source))
+    shares = [
+        np.mean([int(r["incorrect_key-match"]) for r in rows if r["incorrect"] == unsupported])
+        for unsupported in ("0", "1")
+    ]
+    return " / ".join(f"{share:.1%}" for share in shares)
+
+
 def _labels(results: dict[str, Any] | None) -> str:
     if results is None:
         return "not run"
@@ -104,7 +124,7 @@ def _table(folders: dict[str, Path], methods: tuple[str, ...]) -> list[str]:
 
 
 def report() -> str:
-    """The three tables as markdown."""
+    """The four tables as markdown."""
     out = ["## Self-scoring: each model scores its own greedy answers (first 200 dev questions)", ""]
     out += _table(SELF, METHODS)
     out += ["", "## Proxy scoring: one model's answers scored by another (first 200 dev questions)", ""]
@@ -113,6 +133,13 @@ def report() -> str:
         out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
     out += ["## RAG-shaped set: does the risk separate answers the context does not support?", ""]
     out += _table(RAG, METHODS)
+    out.append(
+        "| key-match wrong: supported / unsupported | "
+        + " | ".join(map(_key_match_shares, RAG.values()))
+        + " |"
+    )
+    out += ["", "## Sampling baselines (K=10) beside the single pass (first 50 dev questions)", ""]
+    out += _table(SAMPLED, (*METHODS[:8], *SAMPLING, "length"))
     return "\n".join(out) + "\n"
 
 
