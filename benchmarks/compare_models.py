@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import cohen_kappa_score
 
 from semgrad_guard.evaluation.metrics import auroc, bootstrap_auroc_difference
 
 RESULTS = Path("benchmarks/results")
+LABELS = Path("benchmarks/labels")
 EMBEDDED, QWEN = RESULTS / "embedded", RESULTS / "qwen2.5-coder-1.5b"
 SETS = ("sciq", "truthfulqa")
 METHODS = (
@@ -100,6 +102,20 @@ def _key_match_shares(folder: Path) -> str:
     return " / ".join(f"{share:.1%}" for share in shares)
 
 
+def _second_reading(folder: Path) -> str:
+    """How the second reading of a model's audited labels agrees with the first (rows, agreement, kappa)."""
+
+    def read(path: Path) -> dict[tuple[str, str], int]:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return {(r["question"], r["answer"]): int(r["incorrect"]) for r in rows}
+
+    first = {key: label for name in SETS for key, label in read(folder / f"{name}.jsonl").items()}
+    second = read(folder / "second_pass.jsonl")
+    a, b = [first[key] for key in second], list(second.values())
+    agree = sum(x == y for x, y in zip(a, b, strict=True))
+    return f"{len(b)} rows read twice: agree on {agree} (kappa {cohen_kappa_score(a, b):.2f})"
+
+
 def _labels(results: dict[str, Any] | None) -> str:
     if results is None:
         return "not run"
@@ -126,6 +142,7 @@ def _table(folders: dict[str, Path], methods: tuple[str, ...]) -> list[str]:
 def report() -> str:
     """The four tables as markdown."""
     out = ["## Self-scoring: each model scores its own greedy answers (first 200 dev questions)", ""]
+    out += [f"Qwen's audited labels, second reading: {_second_reading(LABELS / 'qwen2.5-coder-1.5b')}.", ""]
     out += _table(SELF, METHODS)
     out += ["", "## Proxy scoring: one model's answers scored by another (first 200 dev questions)", ""]
     for name in SETS:
