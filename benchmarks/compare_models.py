@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
+from semgrad_guard.evaluation.audit import compare_readings, load_labels
 from semgrad_guard.evaluation.metrics import auroc, bootstrap_auroc_difference
 
 RESULTS = Path("benchmarks/results")
@@ -104,16 +104,10 @@ def _key_match_shares(folder: Path) -> str:
 
 def _second_reading(folder: Path) -> str:
     """How the second reading of a model's audited labels agrees with the first (rows, agreement, kappa)."""
-
-    def read(path: Path) -> dict[tuple[str, str], int]:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return {(r["question"], r["answer"]): int(r["incorrect"]) for r in rows}
-
-    first = {key: label for name in SETS for key, label in read(folder / f"{name}.jsonl").items()}
-    second = read(folder / "second_pass.jsonl")
-    a, b = [first[key] for key in second], list(second.values())
-    agree = sum(x == y for x, y in zip(a, b, strict=True))
-    return f"{len(b)} rows read twice: agree on {agree} (kappa {cohen_kappa_score(a, b):.2f})"
+    first = load_labels(*(folder / f"{name}.jsonl" for name in SETS))
+    second = list(load_labels(folder / "second_pass.jsonl").values())
+    read = compare_readings(first, second)
+    return f"{read.n} rows read twice: agree on {read.n - len(read.disagreements)} (kappa {read.kappa:.2f})"
 
 
 def _labels(results: dict[str, Any] | None) -> str:
