@@ -278,7 +278,7 @@ def fit_calibration(
         )
     # Each same-pass signal alone on the test answers: what the chosen risk's auroc_after is compared with.
     single_test = {
-        f"auroc_{field}": auroc(y_all[test], x_of[f"isotonic:{field}"][test, 0]) for field in SINGLE_FIELDS
+        f"auroc_{field}": auroc(y_all[test], singles[test, j]) for j, field in enumerate(SINGLE_FIELDS)
     }
     raw = np.array([math.log(rows[i]["semgrad"] + 1e-12) for i in range(len(rows))])
     low, high = raw[fit].min(), raw[fit].max()
