@@ -269,11 +269,12 @@ def _calibrate(args: argparse.Namespace) -> int:
         delta=args.delta,
         target_coverage=args.target_coverage,
         seed=args.seed,
+        groups=labelled.groups,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     bundle.save(args.out)
     if args.report:
-        write_calibration_report(args.report, bundle, labelled.rows, labelled.wrong, args.seed)
+        write_calibration_report(args.report, bundle, labelled, args.seed)
     print(bundle.model_dump_json(indent=2, exclude={"map"}))
     return 0
 

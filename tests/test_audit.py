@@ -129,6 +129,13 @@ def test_the_bench_records_the_fallback_per_row(tmp_path: Path) -> None:
     )
     labelled = read_labelled([tmp_path])
     assert labelled.wrong == [0, 1, 0]
+    assert labelled.groups == [item.question for item in items]  # each answer's own question
+    # A paraphrase row is grouped with the question it rewrites, so calibration keeps the two together.
+    rewritten = [items[0].model_copy(update={"source_question": "the original"}), *items[1:]]
+    _write_rows(
+        tmp_path / "rows.csv", rewritten, answers, (primary, sets, sources, found), columns, list(columns)
+    )
+    assert read_labelled([tmp_path]).groups == ["the original", items[1].question, items[2].question]
     assert labelled.labels == f"audited (2 rows) + judge:{FALLBACK_JUDGE} (1 rows)"
     assert read_labelled([tmp_path], "containment").labels == "judge:containment"
 

@@ -13,7 +13,14 @@ import pytest
 
 from semgrad_guard import SemGradScorer
 from semgrad_guard.calibration import DEFAULT_CALIBRATION, CalibrationBundle, LogisticMap, Threshold, features
-from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, _fit_map, choose_map, fit_calibration
+from semgrad_guard.evaluation.fitting import (
+    SINGLE_FIELDS,
+    _fit_map,
+    _folds,
+    choose_map,
+    fit_calibration,
+    split_indices,
+)
 from semgrad_guard.named_models import NAMED_MODELS
 
 FIELDS = list(SINGLE_FIELDS)
@@ -79,6 +86,41 @@ def test_unreachable_target_gives_no_threshold_and_says_why() -> None:
     assert bundle.no_threshold_reason is not None and "at or below 0.001" in bundle.no_threshold_reason
     reachable = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=0.4)
     assert reachable.threshold is not None and reachable.no_threshold_reason is None
+
+
+def test_a_target_met_only_by_accepting_everything_gives_no_threshold() -> None:
+    # 40% of answers wrong: "at most 70% wrong" holds for every acceptance set, so the level picked accepts
+    # every calibration answer; a threshold that flags nothing is not shipped, and the reason says so.
+    rng = np.random.default_rng(7)
+    rows = [{f: float(rng.lognormal()) for f in FIELDS} for _ in range(600)]
+    wrong = list((rng.random(600) < 0.4).astype(int))
+    bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=[0.1, 0.7])
+    assert bundle.threshold is None
+    assert bundle.no_threshold_reason is not None and "would flag nothing" in bundle.no_threshold_reason
+
+
+def test_splits_keep_each_group_together_and_match_one_shuffle_without_groups() -> None:
+    n = 401
+    fit, cal, test = split_indices(n, 3)
+    order = np.random.default_rng(3).permutation(n)  # the ungrouped splits: one shuffle cut at 50% and 75%
+    assert [list(part) for part in (fit, cal, test)] == [
+        list(p) for p in np.split(order, [n // 2, 3 * n // 4])
+    ]
+    assert [list(f) for f in _folds(fit, None)] == [list(f) for f in np.array_split(fit, 5)]
+    assert [list(p) for p in split_indices(n, 3, [str(i) for i in range(n)])] == [
+        list(fit),
+        list(cal),
+        list(test),
+    ]
+
+    groups = [f"q{i // 3}" for i in range(n)]  # three answers to each question (two of them paraphrases)
+    parts = split_indices(n, 3, groups)
+    assert sorted(np.concatenate(parts)) == list(range(n))
+    seen = [{groups[i] for i in part} for part in parts]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert abs(len(parts[0]) - n // 2) <= 3 and abs(len(parts[2]) - n // 4) <= 3
+    folds = [{groups[i] for i in fold} for fold in _folds(parts[0], groups)]
+    assert sum(len(f) for f in folds) == len(set().union(*folds))  # no question in two folds
 
 
 def test_coverage_rule_accepts_at_least_the_target_share() -> None:

@@ -353,7 +353,8 @@ def _write_rows(
 ) -> None:
     """One row per question: the main label and its source, the audited label, every judge's, every score."""
     primary, labels, sources, audited = labelled
-    header = ["question", "answer", "references", "label_source", "incorrect", "incorrect_audited"]
+    header = ["question", "source_question", "answer", "references", "label_source", "incorrect"]
+    header += ["incorrect_audited"]
     header += ["unsure_audited", *(f"incorrect_{j}" for j in JUDGES), *methods]
     with path.open("w", encoding="utf-8", newline="") as sink:
         writer = csv.writer(sink)
@@ -363,6 +364,7 @@ def _write_rows(
             writer.writerow(
                 [
                     item.question,
+                    item.source_question or "",
                     answers[row],
                     " | ".join(item.answers),
                     sources[row],

@@ -33,6 +33,10 @@ class QAItem(BaseModel):
     supported: bool | None = Field(
         default=None, description="Whether the context states a reference answer (known by construction)."
     )
+    source_question: str | None = Field(
+        default=None,
+        description="The question this row rewrites (paraphrase sets): calibration keeps them in one split.",
+    )
 
     @model_validator(mode="after")
     def _support_needs_a_context(self) -> QAItem:

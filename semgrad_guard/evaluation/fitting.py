@@ -38,11 +38,38 @@ make length predictive for the wrong reason (see docs/benchmarks.md)."""
 GRID = 50
 
 
-def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit (50%), calibration (25%) and test (25%) row indices, shuffled with ``seed``."""
-    order = np.random.default_rng(seed).permutation(n)
-    fit, cal, test = np.split(order, [n // 2, (3 * n) // 4])
-    return fit, cal, test
+def _grouped(rows: np.ndarray, groups: Sequence[str] | None) -> list[np.ndarray]:
+    """``rows`` as blocks of one group each, in the order the groups first appear (a block a row without)."""
+    if groups is None:
+        return [rows[i : i + 1] for i in range(len(rows))]
+    blocks: dict[str, list[int]] = {}
+    for row in rows:
+        blocks.setdefault(groups[row], []).append(int(row))
+    return [np.array(block) for block in blocks.values()]
+
+
+def split_indices(
+    n: int, seed: int, groups: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit (50%), calibration (25%) and test (25%) row indices, shuffled with ``seed``.
+
+    Rows that share a group (answers to paraphrases of one question) are shuffled as one block and land in
+    the same split, so no split holds a rewrite of another's question; every split is then about, not
+    exactly, its share. Without groups (or with every group distinct) the splits are those of one shuffle.
+    """
+    blocks = _grouped(np.arange(n), groups)
+    blocks = [blocks[i] for i in np.random.default_rng(seed).permutation(len(blocks))]
+    ends = np.cumsum([len(block) for block in blocks])
+    cuts = np.searchsorted(ends, [n // 2, (3 * n) // 4], side="right")
+    parts = np.split(np.arange(len(blocks)), cuts)
+    fit, cal, test = ([int(i) for b in part for i in blocks[b]] for part in parts)
+    return np.array(fit, dtype=int), np.array(cal, dtype=int), np.array(test, dtype=int)
+
+
+def _folds(fit: np.ndarray, groups: Sequence[str] | None, k: int = 5) -> list[np.ndarray]:
+    """``k`` cross-validation folds of the fit split, keeping each group's rows in one fold."""
+    blocks = _grouped(fit, groups)
+    return [np.concatenate([blocks[b] for b in part]) for part in np.array_split(np.arange(len(blocks)), k)]
 
 
 def _sklearn() -> Any:
@@ -207,11 +234,16 @@ def fit_calibration(
     delta: float = 0.05,
     target_coverage: float | None = None,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> CalibrationBundle:
-    """Choose, fit and threshold a calibration on labelled scores (``wrong[i] = 1``: row i is incorrect)."""
+    """Choose, fit and threshold a calibration on labelled scores (``wrong[i] = 1``: row i is incorrect).
+
+    ``groups`` names each row's source question where several rows ask the same one (paraphrases): those
+    rows stay together in one split and one cross-validation fold.
+    """
     y_all = np.asarray(wrong, dtype=float)
-    fit, cal, test = split_indices(len(rows), seed)
-    folds = np.array_split(fit, 5)
+    fit, cal, test = split_indices(len(rows), seed, groups)
+    folds = _folds(fit, groups)
 
     candidates: dict[str, tuple[str, list[RawField]]] = {
         f"{kind}:{field}": (kind, [field]) for field in SINGLE_FIELDS for kind in ("isotonic", "logistic")
@@ -255,13 +287,20 @@ def fit_calibration(
         targets = sorted([target_error] if isinstance(target_error, float | int) else target_error)
         reached = _error_threshold((risk[fit], y_all[fit]), (risk[cal], y_all[cal]), targets, delta)
         rule = "error-guarantee"
+        base = f"the {len(cal)} calibration answers (their error rate is {y_all[cal].mean():.2f})"
         if reached[1] is None:
             reason = (
                 f"no risk level keeps the error among accepted answers at or below "
-                f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on the {len(cal)} "
-                f"calibration answers (their error rate is {y_all[cal].mean():.2f}): decide with max_risk= "
-                "or a raw threshold"
+                f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on {base}: decide "
+                "with max_risk= or a raw threshold"
             )
+        elif (risk[cal] <= reached[1]).all():  # a guard with this threshold would flag nothing
+            reason = (
+                f"the only error target reached, {reached[0]:g} with confidence {1 - delta:g}, holds by "
+                f"accepting all of {base}, so its threshold would flag nothing; smaller targets are out of "
+                "reach: decide with max_risk= or a raw threshold"
+            )
+            reached = (None, None)
     target, max_risk = reached
     if max_risk is not None:
         accepted = risk[test] <= max_risk

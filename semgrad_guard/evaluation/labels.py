@@ -27,6 +27,8 @@ class LabelledScores(BaseModel):
     profile_name: str | None
     labels: str
     data: list[str]
+    groups: list[str]
+    """The question each row answers (its source question for a paraphrase): calibration splits by it."""
 
 
 def _label(record: dict[str, str], judge: str, main: str, fallback: str) -> tuple[int, str]:
@@ -54,7 +56,7 @@ def _from_bench(folder: Path, judge: str | None) -> LabelledScores:
     main = results["primary_judge"]
     fallback = results.get("labels", {}).get("fallback_judge", FALLBACK_JUDGE)
     judge = judge or main
-    rows, wrong, sources = [], [], []
+    rows, wrong, sources, groups = [], [], [], []
     with (folder / "rows.csv").open(encoding="utf-8", newline="") as source:
         for record in csv.DictReader(source):
             values = {field: float(record[method]) for method, field in SINGLE_PASS.items()}
@@ -63,6 +65,7 @@ def _from_bench(folder: Path, judge: str | None) -> LabelledScores:
                 rows.append(values)
                 wrong.append(label)
                 sources.append(origin)
+                groups.append(record.get("source_question") or record["question"])
     return LabelledScores(
         rows=rows,
         wrong=wrong,
@@ -70,6 +73,7 @@ def _from_bench(folder: Path, judge: str | None) -> LabelledScores:
         profile_name=results["profile"]["name"],
         labels=_describe(sources),
         data=[f"{results['data']['source']} ({results['data']['questions']} questions)"],
+        groups=groups,
     )
 
 
@@ -83,6 +87,9 @@ def _from_jsonl(path: Path) -> LabelledScores:
         profile_name=(records[0].get("profile") or {}).get("name"),
         labels=f"file:{path.name}",
         data=[str(path)],
+        groups=[
+            r.get("source_question") or r.get("question") or f"{path}:{n}" for n, r in enumerate(records)
+        ],
     )
 
 
@@ -99,4 +106,5 @@ def read_labelled(sources: list[Path], judge: str | None = None) -> LabelledScor
         profile_name=parts[0].profile_name,
         labels=", ".join(sorted({part.labels for part in parts})),
         data=[d for part in parts for d in part.data],
+        groups=[g for part in parts for g in part.groups],
     )

@@ -11,13 +11,17 @@ import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
 from semgrad_guard.evaluation import metrics
 from semgrad_guard.evaluation.methods import CONTEXT_LABEL
+
+if TYPE_CHECKING:
+    from semgrad_guard.calibration import CalibrationBundle
+    from semgrad_guard.evaluation.labels import LabelledScores
 
 __all__ = [
     "label_description",
@@ -131,9 +135,9 @@ def write_report(
 
 
 def write_calibration_report(
-    out: Path, bundle: Any, rows: list[dict[str, float]], wrong: list[int], seed: int
+    out: Path, bundle: CalibrationBundle, labelled: LabelledScores, seed: int
 ) -> None:
-    """Reliability diagram and risk-coverage curve with the threshold marked, on the test split."""
+    """Reliability diagram and risk-coverage curve with the threshold marked, on the bundle's test split."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,9 +147,9 @@ def write_calibration_report(
     from semgrad_guard.evaluation.fitting import split_indices
 
     out.mkdir(parents=True, exist_ok=True)
-    _, _, test = split_indices(len(rows), seed)
-    y = np.asarray(wrong, dtype=float)[test]
-    risk = np.array([bundle.map.risk(features(rows[i], bundle.map.fields)) for i in test])
+    _, _, test = split_indices(len(labelled.rows), seed, labelled.groups)
+    y = np.asarray(labelled.wrong, dtype=float)[test]
+    risk = np.array([bundle.map.risk(features(labelled.rows[i], bundle.map.fields)) for i in test])
     figure, (reliability, coverage_axis) = plt.subplots(1, 2, figsize=(11, 4.5))
     edges = np.linspace(0, 1, 11)
     index = np.minimum((risk * 10).astype(int), 9)
