@@ -164,9 +164,8 @@ def test_small_run_writes_everything(embedded: SemGradScorer, tmp_path: Path) ->
     asked = [json.loads(line) for line in (tmp_path / "rag" / "generations.jsonl").read_text().splitlines()]
     assert [r["context"] for r in asked] == [item.context for item in items]  # two rows per question
 
-    bundle_path = tmp_path / "bundle.json"
-    assert (
-        main(["calibrate", "--labels", str(tmp_path), "--target-coverage", "0.5", "--out", str(bundle_path)])
-        == 0
-    )
+    bundle_path, report_dir = tmp_path / "bundle.json", tmp_path / "report"
+    calibrate = ["calibrate", "--labels", str(tmp_path), "--target-coverage", "0.5"]
+    assert main([*calibrate, "--out", str(bundle_path), "--report", str(report_dir)]) == 0
     assert json.loads(bundle_path.read_text())["model"] == embedded.model_name
+    assert (report_dir / "calibration.png").stat().st_size > 0  # the plots of the bundle's test split
