@@ -1,7 +1,7 @@
 """How well the calibration rule's choice ranks unseen answers, over many random fit/calibration/test splits.
 
-A shipped bundle is fitted on one split (seed 0), and its test split is small (225 answers for the embedded
-model, 100 for Qwen), so whether its risk beats every single field on that split is partly luck. This runs
+A shipped bundle is fitted on one split (seed 0), and its test split is small (450 answers for the embedded
+model, 225 for Qwen), so whether its risk beats every single field on that split is partly luck. This runs
 the same rule as ``semgrad-guard calibrate`` on the same labelled answers with seeds 0..N-1 and reports the
 mean test AUROC of the chosen risk, of each single field, and of the best single field on each test split:
 an oracle that picks after seeing the test labels, which no rule shipping a single field can match on
@@ -22,7 +22,7 @@ import numpy as np
 
 from semgrad_guard.calibration import CalibrationBundle, features
 from semgrad_guard.evaluation.fitting import SINGLE_FIELDS, fit_calibration, split_indices
-from semgrad_guard.evaluation.labels import read_labelled
+from semgrad_guard.evaluation.labels import LabelledScores, read_labelled
 from semgrad_guard.evaluation.metrics import bootstrap_auroc_difference
 
 RESULTS = Path("benchmarks/results")
@@ -30,19 +30,24 @@ BUNDLES = Path("semgrad_guard/calibrations")
 MODELS = {  # name -> (the shipped bundle, the labelled runs it was fitted on; benchmarks/README.md)
     "SmolLM2-135M": (
         BUNDLES / "smollm2-135m-instruct.json",
-        [RESULTS / "embedded" / "sciq", RESULTS / "embedded" / "truthfulqa"],
+        [
+            RESULTS / "embedded" / part / name
+            for part in ("", "paraphrases")
+            for name in ("sciq", "truthfulqa")
+        ],
     ),
     "Qwen2.5-Coder-1.5B": (
         BUNDLES / "qwen2.5-coder-1.5b.json",
-        [RESULTS / "qwen2.5-coder-1.5b" / "sciq", RESULTS / "qwen2.5-coder-1.5b" / "truthfulqa"],
+        [RESULTS / "qwen2.5-coder-1.5b" / "full" / name for name in ("sciq", "truthfulqa")],
     ),
 }
 
 
-def shipped_gap(bundle: CalibrationBundle, rows: list[dict[str, float]], wrong: list[int]) -> str:
+def shipped_gap(bundle: CalibrationBundle, labelled: LabelledScores) -> str:
     """The shipped bundle's risk minus the best single field on its own test split, with a paired 95% CI."""
-    _, _, test = split_indices(len(rows), 0)
-    y = np.asarray(wrong)[test]
+    rows = labelled.rows
+    _, _, test = split_indices(len(rows), 0, labelled.groups)
+    y = np.asarray(labelled.wrong)[test]
     field = max(SINGLE_FIELDS, key=lambda f: bundle.quality[f"auroc_{f}"])
     risk = np.array([bundle.map.risk(features(rows[i], bundle.map.fields)) for i in test])
     best = np.array([features(rows[i], [field])[0] for i in test])
@@ -65,7 +70,7 @@ def study(runs: list[Path], seeds: int, shipped: Path) -> list[str]:
             warnings.simplefilter("ignore")  # one-class folds in small splits: their AUROC is NaN, skipped
             bundle = fit_calibration(
                 labelled.rows, labelled.wrong, model="", labels="", data=[], target_error=None,
-                target_coverage=0.5, seed=seed,
+                target_coverage=0.5, seed=seed, groups=labelled.groups,
             )  # fmt: skip
         chosen.append(bundle.quality["auroc_after"])
         for field in SINGLE_FIELDS:
@@ -87,7 +92,7 @@ def study(runs: list[Path], seeds: int, shipped: Path) -> list[str]:
         lines.append(f"| {field} alone | {np.mean(values):.3f} | {field_gap.mean():+.3f} | {share:.0%} |")
     lines.append(f"| oracle (best single field on each test split) | {np.mean(oracle):.3f} | 0 | 100% |")
     lines += ["", "Maps chosen: " + ", ".join(f"`{name}` {count}" for name, count in picks.most_common())]
-    lines += ["", shipped_gap(CalibrationBundle.load(shipped), labelled.rows, labelled.wrong)]
+    lines += ["", shipped_gap(CalibrationBundle.load(shipped), labelled)]
     return lines
 
 

@@ -1,4 +1,4 @@
-"""Side-by-side tables of finished bench runs: both models, self vs proxy scoring, RAG, sampling baselines.
+"""Side-by-side tables of finished bench runs: both models, proxy scoring, RAG, paraphrases, sampling.
 
 Run from the repository root after the runs in benchmarks/README.md (no model is loaded)::
 
@@ -39,19 +39,23 @@ METHODS = (
     "length",
     "neg_length",
 )
-SELF = {  # column -> run folder; the embedded rows are the same first 200 questions as Qwen's
-    "SmolLM2 SciQ": EMBEDDED / "first-200" / "sciq",
-    "SmolLM2 TruthfulQA": EMBEDDED / "first-200" / "truthfulqa",
-    "Qwen-1.5B SciQ": QWEN / "sciq",
-    "Qwen-1.5B TruthfulQA": QWEN / "truthfulqa",
+SELF = {  # column -> run folder: every dev question (500 SciQ, 400 TruthfulQA)
+    "SmolLM2 SciQ": EMBEDDED / "sciq",
+    "SmolLM2 TruthfulQA": EMBEDDED / "truthfulqa",
+    "Qwen-1.5B SciQ": QWEN / "full" / "sciq",
+    "Qwen-1.5B TruthfulQA": QWEN / "full" / "truthfulqa",
 }
-PROXY = {  # (answers by, scored by) -> run folder per set
-    ("SmolLM2", "SmolLM2 (self)"): EMBEDDED / "first-200",
+PROXY = {  # (answers by, scored by) -> run folder per set, every dev question
+    ("SmolLM2", "SmolLM2 (self)"): EMBEDDED,
     ("SmolLM2", "Qwen-1.5B (proxy)"): QWEN / "scores-smollm2",
-    ("Qwen-1.5B", "Qwen-1.5B (self)"): QWEN,
+    ("Qwen-1.5B", "Qwen-1.5B (self)"): QWEN / "full",
     ("Qwen-1.5B", "SmolLM2 (proxy)"): EMBEDDED / "scores-qwen",
 }
 RAG = {"SmolLM2": EMBEDDED / "rag", "Qwen-1.5B": QWEN / "rag"}
+PARAPHRASED = {  # the embedded model's answers to benchmarks/data/<set>_para_dev.jsonl
+    "SmolLM2 SciQ paraphrased": EMBEDDED / "paraphrases" / "sciq",
+    "SmolLM2 TruthfulQA paraphrased": EMBEDDED / "paraphrases" / "truthfulqa",
+}
 SAMPLED = {  # the first 50 questions of each set; SmolLM2's samples are those of its full runs
     f"{model} {title}": root / "first-50-k10" / name
     for model, root in (("SmolLM2", EMBEDDED), ("Qwen-1.5B", QWEN))
@@ -102,10 +106,10 @@ def _key_match_shares(folder: Path) -> str:
     return " / ".join(f"{share:.1%}" for share in shares)
 
 
-def _second_reading(folder: Path) -> str:
-    """How the second reading of a model's audited labels agrees with the first (rows, agreement, kappa)."""
-    first = load_labels(*(folder / f"{name}.jsonl" for name in SETS))
-    second = list(load_labels(folder / "second_pass.jsonl").values())
+def _second_reading(first_files: list[Path], second_file: Path) -> str:
+    """How a second reading of audited labels agrees with the first (rows, agreement, kappa)."""
+    first = load_labels(*first_files)
+    second = list(load_labels(second_file).values())
     read = compare_readings(first, second)
     return f"{read.n} rows read twice: agree on {read.n - len(read.disagreements)} (kappa {read.kappa:.2f})"
 
@@ -134,11 +138,13 @@ def _table(folders: dict[str, Path], methods: tuple[str, ...]) -> list[str]:
 
 
 def report() -> str:
-    """The four tables as markdown."""
-    out = ["## Self-scoring: each model scores its own greedy answers (first 200 dev questions)", ""]
-    out += [f"Qwen's audited labels, second reading: {_second_reading(LABELS / 'qwen2.5-coder-1.5b')}.", ""]
+    """The tables as markdown."""
+    out = ["## Self-scoring: each model scores its own greedy answers (every dev question)", ""]
+    qwen = LABELS / "qwen2.5-coder-1.5b"
+    second = _second_reading([qwen / f"{name}.jsonl" for name in SETS], qwen / "second_pass.jsonl")
+    out += [f"Qwen's audited labels, second reading: {second}.", ""]
     out += _table(SELF, METHODS)
-    out += ["", "## Proxy scoring: one model's answers scored by another (first 200 dev questions)", ""]
+    out += ["", "## Proxy scoring: one model's answers scored by another (every dev question)", ""]
     for name in SETS:
         columns = {f"{by} answers, {scorer}": folder / name for (by, scorer), folder in PROXY.items()}
         out += [f"### {name}", "", *_table(columns, METHODS[:-1]), ""]
@@ -149,6 +155,11 @@ def report() -> str:
         + " | ".join(map(_key_match_shares, RAG.values()))
         + " |"
     )
+    out += ["", "## The embedded model on the paraphrase sets (each dev question reworded once)", ""]
+    second = _second_reading(
+        [LABELS / f"{name}_para_dev.jsonl" for name in SETS], LABELS / "para_second_pass.jsonl"
+    )
+    out += [f"Audited labels, second reading: {second}.", "", *_table(PARAPHRASED, METHODS)]
     out += ["", "## Sampling baselines (K=10) beside the single pass (first 50 dev questions)", ""]
     out += _table(SAMPLED, (*METHODS[:8], *SAMPLING, "length"))
     return "\n".join(out) + "\n"

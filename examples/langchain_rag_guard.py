@@ -12,9 +12,9 @@ from langchain_local_model import fact_store, local_chat_model
 from langchain_semgrad import GuardResult, SemGradGuard
 
 # The default scorer carries the embedded model's shipped calibration, whose bundle has no threshold of its
-# own: on this 135M model no risk level meets an error target. 0.832 is the median calibrated risk of its
+# own: on this 135M model no risk level meets an error target. 0.849 is the median calibrated risk of its
 # benchmark answers (docs/calibration.md): it accepts about half of them, a working point, not a guarantee.
-MAX_RISK = 0.832
+MAX_RISK = 0.849
 SYSTEM = "Answer the question directly with one or a few words."
 
 QUESTIONS = [

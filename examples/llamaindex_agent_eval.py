@@ -44,9 +44,9 @@ from llamaindex_rag_eval import DOCS, ScoreEventLog, minilm_path
 from semgrad_guard import default_scorer
 
 # The shipped bundle of the embedded model has no threshold of its own, so the evaluator is given one:
-# risk <= 0.832, the median calibrated risk of the benchmark answers (docs/calibration.md; about half of
-# them pass, not a guarantee), i.e. confidence >= 0.168.
-MAX_RISK = 0.832
+# risk <= 0.849, the median calibrated risk of the benchmark answers (docs/calibration.md; about half of
+# them pass, not a guarantee), i.e. confidence >= 0.151.
+MAX_RISK = 0.849
 BELOW = round(1 - MAX_RISK, 3)
 SYSTEM = "Answer the question in one short sentence, using the search result."
 QUESTIONS = [

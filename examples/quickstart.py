@@ -9,9 +9,9 @@ QA_PROMPT = "Please directly answer the following question with one or few words
 # its own with `semgrad-guard calibrate`).
 scorer = SemGradScorer()
 # That bundle has no threshold of its own (on a 135M model no risk level meets an error target), so decide on
-# the calibrated risk: 0.832 is the median risk of the model's benchmark answers (docs/calibration.md),
+# the calibrated risk: 0.849 is the median risk of the model's benchmark answers (docs/calibration.md),
 # accepting about half of them; a working point, not a guarantee.
-MAX_RISK = 0.832
+MAX_RISK = 0.849
 
 print("1. Self-scoring: the model answers, then scores its own tokens (one forward + one backward).")
 for question in [
