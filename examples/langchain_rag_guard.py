@@ -2,9 +2,11 @@
 
 The answering model is the embedded SmolLM2-135M-Instruct (ChatHuggingFace over a local pipeline sharing
 the scorer's weights); the retriever is an in-memory vector store over examples/data/facts.txt embedded with
-all-MiniLM-L6-v2. Run from the repository root: ``python examples/langchain_rag_guard.py``.
+all-MiniLM-L6-v2. Run from the repository root: ``python examples/langchain_rag_guard.py`` (``--max-risk R``
+tries another working point).
 """
 
+import argparse
 import asyncio
 import time
 
@@ -37,11 +39,14 @@ def report(question: str, answer: str, result: GuardResult) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-risk", type=float, default=MAX_RISK, help="retrieve when the risk is above it")
+    max_risk = parser.parse_args().max_risk
     start = time.perf_counter()
     llm, store = local_chat_model(max_new_tokens=16), fact_store()
     retriever = store.as_retriever(search_kwargs={"k": 1})
-    guarded = SemGradGuard(llm, policy="retrieve", retriever=retriever, max_risk=MAX_RISK)
-    print(f"Set-up {time.perf_counter() - start:.1f} s; calibrated risk > {MAX_RISK} = low confidence\n")
+    guarded = SemGradGuard(llm, policy="retrieve", retriever=retriever, max_risk=max_risk)
+    print(f"Set-up {time.perf_counter() - start:.1f} s; calibrated risk > {max_risk} = low confidence\n")
 
     # A system turn plus the question; on the retrieve route the context joins the question's turn.
     chats = [[("system", SYSTEM), ("human", question)] for question in QUESTIONS]

@@ -90,13 +90,31 @@ def test_unreachable_target_gives_no_threshold_and_says_why() -> None:
 
 def test_a_target_met_only_by_accepting_everything_gives_no_threshold() -> None:
     # 40% of answers wrong: "at most 70% wrong" holds for every acceptance set, so the level picked accepts
-    # every calibration answer; a threshold that flags nothing is not shipped, and the reason says so.
+    # every answer; a threshold that flags nothing is not shipped, and the reason says so.
     rng = np.random.default_rng(7)
-    rows = [{f: float(rng.lognormal()) for f in FIELDS} for _ in range(600)]
-    wrong = list((rng.random(600) < 0.4).astype(int))
-    bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=[0.1, 0.7])
-    assert bundle.threshold is None
-    assert bundle.no_threshold_reason is not None and "would flag nothing" in bundle.no_threshold_reason
+    for targets, smaller in (([0.1, 0.7], True), ([0.7], False)):
+        for _ in range(3):
+            rows = [{f: float(rng.lognormal()) for f in FIELDS} for _ in range(600)]
+            wrong = list((rng.random(600) < 0.4).astype(int))
+            bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=targets)
+            assert bundle.threshold is None and bundle.no_threshold_reason is not None
+            assert "would flag nothing" in bundle.no_threshold_reason
+            assert ("smaller targets are out of reach" in bundle.no_threshold_reason) == smaller
+
+
+def test_fitting_splits_by_group() -> None:
+    # Blocks of 1 to 5 answers per question: the grouped test split differs in size from the ungrouped one,
+    # and the bundle's test split is the grouped one.
+    rng = np.random.default_rng(8)
+    groups = [f"q{k}" for k in range(200) for _ in range(1 + k % 5)]
+    rows, wrong = synthetic(len(groups), rng)
+    test = split_indices(len(groups), 0, groups)[2]
+    assert len(test) != len(groups) - 3 * len(groups) // 4
+    bundle = fit_calibration(rows, wrong, model="m", labels="s", data=["s"], target_error=0.4, groups=groups)
+    assert bundle.quality["test_n"] == len(test)
+    assert bundle.threshold is not None and bundle.threshold.test_n == len(test)
+    with pytest.raises(ValueError, match="one group per row"):
+        fit_calibration(rows, wrong, model="m", labels="s", data=["s"], groups=groups[:-1])
 
 
 def test_splits_keep_each_group_together_and_match_one_shuffle_without_groups() -> None:
@@ -121,6 +139,7 @@ def test_splits_keep_each_group_together_and_match_one_shuffle_without_groups() 
     assert abs(len(parts[0]) - n // 2) <= 3 and abs(len(parts[2]) - n // 4) <= 3
     folds = [{groups[i] for i in fold} for fold in _folds(parts[0], groups)]
     assert sum(len(f) for f in folds) == len(set().union(*folds))  # no question in two folds
+    assert [len(f) for f in _folds(np.arange(3), None)] == [1, 1, 1, 0, 0]  # fewer rows than folds
 
 
 def test_coverage_rule_accepts_at_least_the_target_share() -> None:

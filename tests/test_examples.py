@@ -11,10 +11,10 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str) -> str:
+def run_example(name: str, *args: str) -> str:
     """Run one example from the repository root as a user would; its stdout, or the failure with stderr."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         cwd=EXAMPLES.parent,
         capture_output=True,
         text=True,
@@ -44,10 +44,12 @@ def test_llamaindex_agent_example_lists_answers_by_confidence() -> None:
 
 @pytest.mark.slow
 def test_demo_prints_a_route_and_document_count_per_question() -> None:
-    out = run_example("langchain_rag_guard.py")  # what `make demo` runs
-    routes = [line for line in out.splitlines() if line.strip().startswith("route=")]
+    # `make demo` at a working point below every risk of its answers (0.65 to 0.76 here), so each question
+    # takes the retrieve route: the route the default working point of 0.849 no longer reaches on them.
+    out = run_example("langchain_rag_guard.py", "--max-risk", "0.5")
+    routes = [line.strip() for line in out.splitlines() if line.strip().startswith("route=")]
     assert len(routes) == out.count("Q: ") >= 2
     for line in routes:  # "route=retrieve, 1 documents  risk ...": a count, never the documents themselves
-        assert "Document(" not in line
-        if line.strip().startswith("route=retrieve"):
-            assert line.strip().split(",")[1].split()[0].isdigit(), line
+        assert "Document(" not in line and line.startswith("route=retrieve"), line
+        assert line.split(",")[1].split()[0].isdigit(), line
+    assert f"{len(routes)} of {len(routes)} questions retrieved" in out

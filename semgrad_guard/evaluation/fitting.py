@@ -57,6 +57,8 @@ def split_indices(
     the same split, so no split holds a rewrite of another's question; every split is then about, not
     exactly, its share. Without groups (or with every group distinct) the splits are those of one shuffle.
     """
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} rows: give one group per row")
     blocks = _grouped(np.arange(n), groups)
     blocks = [blocks[i] for i in np.random.default_rng(seed).permutation(len(blocks))]
     ends = np.cumsum([len(block) for block in blocks])
@@ -69,7 +71,8 @@ def split_indices(
 def _folds(fit: np.ndarray, groups: Sequence[str] | None, k: int = 5) -> list[np.ndarray]:
     """``k`` cross-validation folds of the fit split, keeping each group's rows in one fold."""
     blocks = _grouped(fit, groups)
-    return [np.concatenate([blocks[b] for b in part]) for part in np.array_split(np.arange(len(blocks)), k)]
+    parts = np.array_split(np.arange(len(blocks)), k)  # fewer groups than k: some folds stay empty
+    return [np.concatenate([blocks[b] for b in part]) if part.size else fit[:0] for part in parts]
 
 
 def _sklearn() -> Any:
@@ -294,11 +297,13 @@ def fit_calibration(
                 f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on {base}: decide "
                 "with max_risk= or a raw threshold"
             )
-        elif (risk[cal] <= reached[1]).all():  # a guard with this threshold would flag nothing
+        elif reached[1] >= risk[fit].max():  # the grid's top level: it accepts every answer seen
+            smaller = "; smaller targets are out of reach" if reached[0] != targets[0] else ""
             reason = (
-                f"the only error target reached, {reached[0]:g} with confidence {1 - delta:g}, holds by "
-                f"accepting all of {base}, so its threshold would flag nothing; smaller targets are out of "
-                "reach: decide with max_risk= or a raw threshold"
+                f"the smallest error target reached, {reached[0]:g} with confidence {1 - delta:g}, holds "
+                f"only by accepting every answer ({len(cal)} calibration answers, {y_all[cal].mean():.2f} of "
+                f"them wrong), so its threshold would flag nothing{smaller}: decide with max_risk= or a raw "
+                "threshold"
             )
             reached = (None, None)
     target, max_risk = reached
