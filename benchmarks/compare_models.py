@@ -79,13 +79,21 @@ def _cell(results: dict[str, Any] | None, method: str) -> str:
     return f"{found['auroc']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _difference(folder: Path, first: str, second: str) -> str:
-    """AUROC(first) - AUROC(second) on the run's rows, with its paired 95% bootstrap interval."""
+def _rows(folder: Path) -> list[dict[str, str]] | None:
+    """A run's rows.csv, or None where the run has not been made."""
     path = folder / "rows.csv"
     if not path.is_file():
-        return "not run"
+        return None
     with path.open(encoding="utf-8", newline="") as source:
-        rows = [r for r in csv.DictReader(source) if r[first] != "nan" and r[second] != "nan"]
+        return list(csv.DictReader(source))
+
+
+def _difference(folder: Path, first: str, second: str) -> str:
+    """AUROC(first) - AUROC(second) on the run's rows, with its paired 95% bootstrap interval."""
+    found = _rows(folder)
+    if found is None:
+        return "not run"
+    rows = [r for r in found if r[first] != "nan" and r[second] != "nan"]
     y = np.array([int(r["incorrect"]) for r in rows])
     a, b = (np.array([float(r[m]) for r in rows]) for m in (first, second))
     low, high = bootstrap_auroc_difference(y, a, b)
@@ -94,11 +102,9 @@ def _difference(folder: Path, first: str, second: str) -> str:
 
 def _key_match_shares(folder: Path) -> str:
     """Share of answers the key-match judge finds wrong: among supported rows, then unsupported (RAG set)."""
-    path = folder / "rows.csv"
-    if not path.is_file():
+    rows = _rows(folder)
+    if rows is None:
         return "not run"
-    with path.open(encoding="utf-8", newline="") as source:
-        rows = list(csv.DictReader(source))
     shares = [
         np.mean([int(r["incorrect_key-match"]) for r in rows if r["incorrect"] == unsupported])
         for unsupported in ("0", "1")

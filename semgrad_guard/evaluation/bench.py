@@ -354,8 +354,7 @@ def _write_rows(
     """One row per question: the main label and its source, the audited label, every judge's, every score."""
     primary, labels, sources, audited = labelled
     header = ["question", "source_question", "answer", "references", "label_source", "incorrect"]
-    header += ["incorrect_audited"]
-    header += ["unsure_audited", *(f"incorrect_{j}" for j in JUDGES), *methods]
+    header += ["incorrect_audited", "unsure_audited", *(f"incorrect_{j}" for j in JUDGES), *methods]
     with path.open("w", encoding="utf-8", newline="") as sink:
         writer = csv.writer(sink)
         writer.writerow(header)

@@ -290,12 +290,12 @@ def fit_calibration(
         targets = sorted([target_error] if isinstance(target_error, float | int) else target_error)
         reached = _error_threshold((risk[fit], y_all[fit]), (risk[cal], y_all[cal]), targets, delta)
         rule = "error-guarantee"
-        base = f"the {len(cal)} calibration answers (their error rate is {y_all[cal].mean():.2f})"
         if reached[1] is None:
             reason = (
                 f"no risk level keeps the error among accepted answers at or below "
-                f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on {base}: decide "
-                "with max_risk= or a raw threshold"
+                f"{' or '.join(f'{t:g}' for t in targets)} with confidence {1 - delta:g} on the {len(cal)} "
+                f"calibration answers (their error rate is {y_all[cal].mean():.2f}): decide with max_risk= "
+                "or a raw threshold"
             )
         elif reached[1] >= risk[fit].max():  # the grid's top level: it accepts every answer seen
             smaller = "; smaller targets are out of reach" if reached[0] != targets[0] else ""

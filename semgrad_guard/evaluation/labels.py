@@ -27,9 +27,8 @@ class LabelledScores(BaseModel):
     profile_name: str | None
     labels: str
     data: list[str]
-    groups: list[str] | None = None
-    """The question each row answers (its source question for a paraphrase): calibration splits by it.
-    ``None``: every row is its own group."""
+    groups: list[str]
+    """The question each row answers (its source question for a paraphrase): calibration splits by it."""
 
 
 def _label(record: dict[str, str], judge: str, main: str, fallback: str) -> tuple[int, str]:
@@ -107,9 +106,5 @@ def read_labelled(sources: list[Path], judge: str | None = None) -> LabelledScor
         profile_name=parts[0].profile_name,
         labels=", ".join(sorted({part.labels for part in parts})),
         data=[d for part in parts for d in part.data],
-        groups=[
-            group
-            for source, part in zip(sources, parts, strict=True)
-            for group in (part.groups or [f"{source}:{n}" for n in range(len(part.rows))])
-        ],
+        groups=[group for part in parts for group in part.groups],
     )
